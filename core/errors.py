@@ -9,12 +9,12 @@ and what to do about it.
 
 
 class UserInputError(Exception):
-  """A problem with what the user asked for or supplied."""
+    """A problem with what the user asked for or supplied."""
 
 
 class DataError(UserInputError):
-  """A dataset file is missing, unreadable or not in the expected format."""
+    """A dataset file is missing, unreadable or not in the expected format."""
 
 
 class ConfigError(UserInputError):
-  """A configuration value is invalid or inconsistent with the data."""
+    """A configuration value is invalid or inconsistent with the data."""
