@@ -1,0 +1,292 @@
+"""A complete MAML run: data, network, meta-training, model selection, test.
+
+`train_and_evaluate(MamlRunConfig(...))` is what `python -m experiments.maml`
+does once flags are parsed; tests call it directly. The run directory
+(`workdir`) holds the resolved config, library versions, metrics (JSONL and
+TensorBoard), checkpoints (latest and best-validation), plots and
+`results.json`. Rerunning with the same workdir resumes from the latest
+checkpoint and ends with the same numbers as an uninterrupted run.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core import mesh as mesh_lib
+from core import networks
+from core import run_dir
+from core import train_loop
+from core.checkpoint import Checkpointer
+from core.datasets import sinusoid
+from core.errors import ConfigError
+from core.losses import classification_loss, regression_loss, split_variables
+from core.metrics import MetricsWriter, read_metrics
+from meta import evaluation
+from meta import maml
+from meta import task_map as task_map_lib
+
+DATASETS = ("sinusoid", "omniglot", "miniimagenet")
+NETWORKS = ("auto", "conv4", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class MamlRunConfig:
+    """Everything that defines a MAML run (the flags of `experiments.maml`).
+
+    Defaults are the paper's sinusoid settings (K = 10). See
+    `experiments/flags/maml/` for every cell of the paper's Table 1.
+    """
+
+    workdir: str
+    dataset: str = "sinusoid"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    ways: int = 5
+    shots: int = 10
+    query: int = 10
+    meta_batch_size: int = 25
+    inner_steps: int = 1
+    eval_inner_steps: int = 10
+    inner_lr: float = 0.01
+    eval_inner_lr: float | None = None
+    meta_lr: float = 1e-3
+    grad_clip: float | None = None
+    num_steps: int = 70000
+    first_order: bool = False
+    remat: bool = False
+    eval_tasks: int = 600
+    val_tasks: int = 600
+    eval_every: int = 5000
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    seed: int = 0
+    eval_seed: int = 0
+    bn_mode: str = "transductive"
+    network: str = "auto"
+    strategy: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the first invalid value."""
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ConfigError(message)
+        need(self.dataset in DATASETS,
+             f"unknown --dataset={self.dataset!r}; expected one of {', '.join(DATASETS)}")
+        need(self.network in NETWORKS,
+             f"unknown --network={self.network!r}; expected one of {', '.join(NETWORKS)}")
+        need(self.bn_mode in networks.BN_MODES,
+             f"unknown --bn_mode={self.bn_mode!r}; expected one of {', '.join(networks.BN_MODES)}")
+        need(self.strategy in task_map_lib.STRATEGIES,
+             f"unknown --strategy={self.strategy!r}; expected one of "
+             f"{', '.join(task_map_lib.STRATEGIES)}")
+        for name in ("shots", "query", "meta_batch_size", "inner_steps", "eval_tasks",
+                     "val_tasks", "checkpoint_every", "log_every"):
+            need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
+        need(self.ways >= 2 or self.dataset == "sinusoid", f"--ways must be >= 2, got {self.ways}")
+        need(self.eval_inner_steps >= 0, f"--eval_inner_steps must be >= 0")
+        need(self.num_steps >= 0, f"--num_steps must be >= 0, got {self.num_steps}")
+        need(self.eval_every >= 0, f"--eval_every must be >= 0, got {self.eval_every}")
+        need(self.inner_lr > 0 and self.meta_lr > 0, "--inner_lr and --meta_lr must be > 0")
+        if self.dataset != "sinusoid":
+            need(bool(self.data_dir), f"--data_dir is required for --dataset={self.dataset}: "
+                 "the folder that holds the official dataset files")
+
+    @property
+    def metric(self) -> str:
+        return "mse" if self.dataset == "sinusoid" else "accuracy"
+
+    @property
+    def resolved_cache_dir(self) -> str:
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                               "metatransfer")
+        return self.cache_dir or default
+
+
+def build_model(config: MamlRunConfig, conv_impl: str):
+    """The network and loss of the run.
+
+    Returns:
+      (model, loss_fn, example input of one task's support set).
+    """
+    network = config.network
+    if network == "auto":
+        network = "mlp" if config.dataset == "sinusoid" else "conv4"
+    if config.dataset == "sinusoid":
+        if network != "mlp":
+            raise ConfigError("--dataset=sinusoid uses --network=mlp (1-40-40-1)")
+        return networks.sinusoid_mlp(), regression_loss(networks.sinusoid_mlp()), \
+            jnp.zeros((config.shots, 1))
+    size, channels = (28, 1) if config.dataset == "omniglot" else (84, 3)
+    example = jnp.zeros((config.ways * config.shots, size, size, channels))
+    if network == "mlp":
+        model = networks.MLP(hidden=(256, 128, 64, 64), outputs=config.ways, batch_norm=True,
+                             bn_mode=config.bn_mode)
+    elif config.dataset == "omniglot":
+        model = networks.omniglot_conv4(config.ways, config.bn_mode, conv_impl)
+    else:
+        model = networks.miniimagenet_conv4(config.ways, config.bn_mode, conv_impl)
+    return model, classification_loss(model), example
+
+
+class _Data:
+    """Train/val/test batch functions of a run, placed on the device mesh."""
+
+    def __init__(self, config: MamlRunConfig, mesh):
+        self.config = config
+        self.mesh = mesh
+        b = config.meta_batch_size
+        if config.dataset == "sinusoid":
+            root = jax.random.PRNGKey(config.seed)
+            eval_root = jax.random.PRNGKey(10_000 + config.eval_seed)
+            keys = {"train": jax.random.fold_in(root, 0),
+                    "val": jax.random.fold_in(eval_root, 1),
+                    "test": jax.random.fold_in(eval_root, 2)}
+            sample = jax.jit(
+                lambda key, i: sinusoid.sample_tasks(jax.random.fold_in(key, i), b,
+                                                     config.shots, config.query),
+                out_shardings=mesh_lib.batch_sharded(mesh))
+            self._fns = {split: (lambda i, k=k: sample(k, i)) for split, k in keys.items()}
+            return
+        from core.datasets.episodes import EpisodeSampler, EpisodeSpec
+        if config.dataset == "omniglot":
+            from core.datasets.omniglot import load_omniglot
+            splits = load_omniglot(config.data_dir, config.resolved_cache_dir)
+        else:
+            from core.datasets.miniimagenet import load_miniimagenet
+            splits = load_miniimagenet(config.data_dir, config.resolved_cache_dir)
+        spec = EpisodeSpec(ways=config.ways, shots=config.shots, query=config.query)
+        seeds = {"train": config.seed, "val": 10_000 + config.eval_seed,
+                 "test": 20_000 + config.eval_seed}
+        self._fns = {}
+        for split, seed in seeds.items():
+            sampler = EpisodeSampler(splits[split], spec, seed=seed)
+            self._fns[split] = (lambda i, s=sampler: mesh_lib.put_batch(s.batch(i, b), mesh))
+
+    def batch_fn(self, split: str) -> Callable[[int], Any]:
+        return self._fns[split]
+
+
+def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
+    """Meta-trains (or resumes), selects the best-validation θ and tests it.
+
+    Args:
+      config: the run.
+
+    Returns:
+      The dict written to `workdir/results.json`.
+
+    Raises:
+      ConfigError, DataError: for bad configuration or data.
+    """
+    config.validate()
+    t_start = time.time()
+    mesh = mesh_lib.make_mesh()
+    mesh_lib.check_divisible(config.meta_batch_size, mesh, "--meta_batch_size")
+    task_map, conv_impl = task_map_lib.resolve_strategy(config.strategy)
+    model, loss_fn, example = build_model(config, conv_impl)
+    data = _Data(config, mesh)
+
+    os.makedirs(config.workdir, exist_ok=True)
+    versions = run_dir.collect_versions()
+    config_dict = dataclasses.asdict(config)
+    config_dict.update(resolved_task_map=task_map, resolved_conv_impl=conv_impl)
+    run_dir.write_run_config(config.workdir, config_dict, versions,
+                             allow_changed=("num_steps", "progress", "eval_every",
+                                            "checkpoint_every", "log_every", "strategy",
+                                            "resolved_task_map", "resolved_conv_impl",
+                                            "data_dir", "cache_dir", "workdir"))
+
+    params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example))
+    optimizer = maml.outer_optimizer(config.meta_lr, config.grad_clip)
+    state = mesh_lib.put_replicated(maml.init_train_state(params, model_state, optimizer), mesh)
+    maml_config = maml.MamlConfig(inner_lr=config.inner_lr, inner_steps=config.inner_steps,
+                                  first_order=config.first_order, remat=config.remat)
+    repl, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+    train_step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map),
+                         in_shardings=(repl, batch), out_shardings=(repl, repl),
+                         donate_argnums=0)
+    eval_batch = jax.jit(evaluation.make_adaptation_eval(
+        loss_fn, inner_lr=config.eval_inner_lr or config.inner_lr,
+        steps=config.eval_inner_steps, metric=config.metric, task_map=task_map),
+        in_shardings=(repl, repl, batch), out_shardings=batch)
+
+    def run_eval(train_state, split: str, num_tasks: int) -> dict[str, Any]:
+        return evaluation.evaluate(eval_batch, train_state.params, train_state.model_state,
+                                   data.batch_fn(split), num_tasks=num_tasks,
+                                   batch_size=config.meta_batch_size, metric=config.metric)
+
+    def validate(train_state, step: int) -> dict[str, float]:
+        summary = run_eval(train_state, "val", config.val_tasks)
+        return {config.metric: summary["mean"], f"{config.metric}_ci95": summary["ci95"],
+                f"{config.metric}_step0": summary["per_step"][0]}
+
+    checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), max_to_keep=2)
+    best_checkpointer = Checkpointer(os.path.join(config.workdir, "best"), max_to_keep=1)
+    loop_config = train_loop.LoopConfig(
+        num_steps=config.num_steps, eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+        select_metric=config.metric, select_mode="max" if config.metric == "accuracy" else "min")
+    try:
+        with MetricsWriter(config.workdir,
+                           resume_step=train_loop.resume_step(checkpointer)) as writer:
+            result = train_loop.run(loop_config, state, train_step, data.batch_fn("train"),
+                                    checkpointer=checkpointer,
+                                    best_checkpointer=best_checkpointer, writer=writer,
+                                    eval_fn=validate if config.eval_every else None,
+                                    progress=config.progress)
+            tested = result.state
+            if result.best_step is not None:
+                tested = train_loop.restore_best(best_checkpointer, result.state)
+            test = run_eval(tested, "test", config.eval_tasks)
+            writer.write(config.num_steps, "test",
+                         {config.metric: test["mean"], f"{config.metric}_ci95": test["ci95"]})
+    finally:
+        checkpointer.close()
+        best_checkpointer.close()
+
+    results = {
+        "dataset": config.dataset,
+        "ways": None if config.dataset == "sinusoid" else config.ways,
+        "shots": config.shots,
+        "steps": config.num_steps,
+        "wall_seconds": result.wall_seconds,
+        "tested_checkpoint_step": result.best_step if result.best_step is not None
+        else config.num_steps,
+        "best_val": result.best_value,
+        "test": {"metric": config.metric, "mean": test["mean"], "ci95": test["ci95"],
+                 "std": test["std"], "unit": test["unit"], "num_tasks": test["num_tasks"],
+                 "inner_steps": config.eval_inner_steps, "per_step": test["per_step"],
+                 "per_step_ci95": test["per_step_ci95"], "loss_per_step": test["loss"]},
+        "bn_mode": config.bn_mode,
+        "config": config_dict,
+        "versions": versions,
+        "session_seconds": time.time() - t_start,
+    }
+    run_dir.write_results(config.workdir, results)
+    _plot_curves(config, test)
+    return results
+
+
+def _plot_curves(config: MamlRunConfig, test: dict[str, Any]) -> None:
+    """Validation metric vs meta-training steps, and test metric vs inner steps."""
+    from core import plots
+    label = "accuracy (%)" if config.metric == "accuracy" else "MSE"
+    val = [r for r in read_metrics(config.workdir) if r.get("split") == "val"]
+    if val:
+        plots.plot_curve(os.path.join(config.workdir, f"val_{config.metric}_vs_steps.png"),
+                         [r["step"] for r in val], [r[config.metric] for r in val],
+                         yerr=[r[f"{config.metric}_ci95"] for r in val],
+                         xlabel="meta-training step", ylabel=f"validation {label}",
+                         title=f"MAML {config.dataset}: validation {label} "
+                               f"after {config.eval_inner_steps} inner steps")
+    plots.plot_curve(os.path.join(config.workdir, f"test_{config.metric}_vs_inner_steps.png"),
+                     list(range(len(test["per_step"]))), test["per_step"],
+                     yerr=test["per_step_ci95"], xlabel="inner steps at test time",
+                     ylabel=f"test {label}",
+                     title=f"MAML {config.dataset}: test {label} on {test['num_tasks']} tasks")
