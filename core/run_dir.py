@@ -1,0 +1,251 @@
+"""The run directory: config, versions and final results of a training run.
+
+A run directory (the "workdir") holds everything a run produces::
+
+    workdir/
+        config.json      the resolved configuration (written at start)
+        versions.json    library versions and hardware of the last start
+        results.json     final results (written at the end)
+        metrics.jsonl    see `core.metrics`
+        tensorboard/     see `core.metrics`
+        checkpoints/     see `core.checkpoint`
+
+Every file here is written atomically (temporary file + `os.replace`), so a
+process killed at any moment leaves either the old or the new file, never a
+half-written one.
+
+When a run is resumed in an existing workdir, `write_run_config` refuses a
+configuration that differs from the stored one, except in keys the caller
+explicitly allows to change (such as the total number of steps).
+"""
+
+from collections.abc import Collection, Mapping
+import dataclasses
+import enum
+import importlib.metadata
+import json
+import logging
+import os
+import pathlib
+import platform
+import socket
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+
+from core.errors import ConfigError, DataError
+
+CONFIG_FILE = 'config.json'
+VERSIONS_FILE = 'versions.json'
+RESULTS_FILE = 'results.json'
+
+_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
+_MISSING = object()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` atomically and durably.
+
+    The text goes to a temporary file in the same directory, which is fsynced
+    and then renamed over `path`.
+
+    Args:
+        path: Destination file. Its parent directory is created if needed.
+        text: The full new content of the file.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    """Converts the non-JSON values found in configs and results."""
+    if isinstance(obj, (np.generic, jax.Array)) and np.ndim(obj) == 0:
+        return np.asarray(obj).item()
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f'Cannot store a value of type {type(obj).__name__} in JSON: {obj!r}')
+
+
+def to_json(obj: Any) -> str:
+    """Serializes `obj` as indented JSON, converting numpy/jax/path values."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n'
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f'Cannot read {path}: {e}. Delete the file or use a new workdir.') from e
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Flattens nested dicts into {'a.b': value}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_allowed(key: str, allow_changed: Collection[str]) -> bool:
+    return any(key == a or key.startswith(a + '.') for a in allow_changed)
+
+
+def collect_versions() -> dict[str, Any]:
+    """Returns the software versions and hardware of the current process.
+
+    Returns:
+        A JSON-serializable dict with the python and library versions
+        (jax, jaxlib, flax, optax, orbax-checkpoint, numpy; None when a package
+        is not installed) and `platform`, `device_kind`, `device_count`,
+        `process_count` and `hostname`.
+    """
+    versions: dict[str, Any] = {'python': platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions.update(
+        platform=jax.default_backend(),
+        device_kind=jax.devices()[0].device_kind,
+        device_count=jax.device_count(),
+        process_count=jax.process_count(),
+        hostname=socket.gethostname(),
+    )
+    return versions
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                       allow_changed: Collection[str] = ()) -> list[str]:
+    """Lists the (dotted) keys whose values differ between two configs.
+
+    Args:
+        old: The stored config.
+        new: The new config (already JSON-normalized).
+        allow_changed: Keys (or prefixes of dotted keys) that may differ.
+
+    Returns:
+        The sorted differing keys, excluding allowed ones.
+    """
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    return sorted(
+        key for key in set(flat_old) | set(flat_new)
+        if flat_old.get(key, _MISSING) != flat_new.get(key, _MISSING)
+        and not _is_allowed(key, allow_changed))
+
+
+def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
+                     versions: Mapping[str, Any],
+                     allow_changed: Collection[str] = ()) -> None:
+    """Writes `config.json` and `versions.json`, checking resumed runs.
+
+    If `config.json` already exists (a resumed run), the new config must equal
+    the stored one except for keys in `allow_changed`; the stored config is
+    then replaced by the new one. Nested dicts are compared key by key, and a
+    dotted name (`'optimizer.lr'`) or a prefix (`'optimizer'`) can be allowed.
+    A change of library versions on resume is only logged as a warning.
+
+    Args:
+        workdir: The run directory (created if needed).
+        config: The resolved configuration; must be JSON-serializable (numpy
+            and jax scalars, paths, enums and dataclasses are converted).
+        versions: Usually `collect_versions()`.
+        allow_changed: Config keys that may legitimately change on resume,
+            e.g. `('num_steps',)`.
+
+    Raises:
+        ConfigError: If the workdir holds a config that differs in other keys.
+        DataError: If the stored config.json is unreadable.
+    """
+    workdir = pathlib.Path(workdir)
+    config_text = to_json(dict(config))
+    new_config = json.loads(config_text)
+    config_path = workdir / CONFIG_FILE
+    if config_path.exists():
+        old_config = _read_json(config_path)
+        if not isinstance(old_config, dict):
+            raise DataError(f'{config_path} does not hold a JSON object.')
+        differing = config_differences(old_config, new_config, allow_changed)
+        if differing:
+            flat_old, flat_new = _flatten(old_config), _flatten(new_config)
+            lines = [f'  {k}: {flat_old.get(k, "<absent>")!r} -> {flat_new.get(k, "<absent>")!r}'
+                     for k in differing]
+            raise ConfigError(
+                f'The workdir {workdir} holds a run with a different configuration; '
+                f'differing keys:\n' + '\n'.join(lines) +
+                '\nUse the same flags to resume this run, or a new workdir.')
+    versions_path = workdir / VERSIONS_FILE
+    new_versions = json.loads(to_json(dict(versions)))
+    if versions_path.exists():
+        try:
+            old_versions = json.loads(versions_path.read_text(encoding='utf-8'))
+        except (OSError, json.JSONDecodeError):
+            old_versions = None
+        if isinstance(old_versions, dict):
+            changed = config_differences(old_versions, new_versions, ('hostname',))
+            if changed:
+                logging.warning('Resuming %s with different versions/hardware in: %s',
+                                workdir, ', '.join(changed))
+    atomic_write_text(config_path, config_text)
+    atomic_write_text(versions_path, to_json(new_versions))
+
+
+def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """Returns the stored `config.json` of a workdir, or None if absent.
+
+    Raises:
+        DataError: If the file exists but is unreadable.
+    """
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    return _read_json(path) if path.exists() else None
+
+
+def write_results(workdir: str | os.PathLike, results: Mapping[str, Any]) -> None:
+    """Writes the final results of a run to `results.json` atomically.
+
+    Args:
+        workdir: The run directory.
+        results: JSON-serializable results (numpy/jax scalars are converted).
+    """
+    atomic_write_text(pathlib.Path(workdir) / RESULTS_FILE, to_json(dict(results)))
+
+
+def read_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """Returns the stored `results.json` of a workdir, or None if absent.
+
+    Raises:
+        DataError: If the file exists but is unreadable.
+    """
+    path = pathlib.Path(workdir) / RESULTS_FILE
+    return _read_json(path) if path.exists() else None
+
+
+__all__ = [
+    'atomic_write_text', 'collect_versions', 'config_differences', 'read_results',
+    'read_run_config', 'to_json', 'write_results', 'write_run_config',
+]
