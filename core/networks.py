@@ -16,7 +16,7 @@ Batch norm has two explicit modes (`BN_MODES`):
   at test time (`train=False`): no information flows between test examples.
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -112,16 +112,17 @@ class MLP(nn.Module):
     outputs: int = 1
     batch_norm: bool = False
     bn_mode: str = "transductive"
+    kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = nn.Dense(width)(x)
+            x = nn.Dense(width, kernel_init=self.kernel_init)(x)
             if self.batch_norm:
                 x = BatchNorm(mode=self.bn_mode)(x, train)
             x = nn.relu(x)
-        return nn.Dense(self.outputs)(x)
+        return nn.Dense(self.outputs, kernel_init=self.kernel_init)(x)
 
 
 class Conv4(nn.Module):
@@ -181,6 +182,12 @@ def miniimagenet_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str 
 
 
 def sinusoid_mlp() -> MLP:
-    """Finn et al.'s sinusoid regression network: 1-40-40-1 ReLU."""
-    return MLP(hidden=(40, 40), outputs=1)
+    """Finn et al.'s sinusoid regression network: 1-40-40-1 ReLU.
+
+    Weights start from a truncated normal with standard deviation 0.01 and
+    biases from zero, as in the reference code (cbfinn/maml maml.py
+    `construct_fc_weights`).
+    """
+    return MLP(hidden=(40, 40), outputs=1,
+               kernel_init=nn.initializers.truncated_normal(stddev=0.01))
 

@@ -171,6 +171,11 @@ def run(config: LoopConfig, state: Any, train_step: Callable[[Any, Any], tuple[A
                       wall_seconds=wall, resumed_from=resumed_from)
 
 
+def loop_state_template() -> dict:
+    """The template of the loop bookkeeping stored next to the state in checkpoints."""
+    return _loop_state(0.0, 0, 0.0)
+
+
 def resume_step(checkpointer: Checkpointer) -> int | None:
     """The step a run in this checkpoint directory will resume from (None: fresh)."""
     return checkpointer.latest_step()

@@ -30,10 +30,15 @@ flags.DEFINE_string("workdir", None, "Run directory (default: runs/maml_<dataset
 flags.DEFINE_string("data_dir", None, "Folder with the official dataset files (read only).")
 flags.DEFINE_string("cache_dir", None,
                     "Where decoded datasets are cached (default: ~/.cache/metatransfer).")
+flags.DEFINE_list("omniglot_split", ["1100", "100"],
+                  "Omniglot characters for training and validation (the rest test); "
+                  "default: the MAML split (1200 training characters, the last 100 validate).")
 flags.DEFINE_enum("dataset", _D.dataset, list(runner.DATASETS), "Task family.")
 flags.DEFINE_integer("ways", _D.ways, "N: classes per task (classification).")
 flags.DEFINE_integer("shots", _D.shots, "K: support examples per class (sinusoid: support points).")
 flags.DEFINE_integer("query", _D.query, "Query examples per class (sinusoid: query points).")
+flags.DEFINE_integer("eval_query", None,
+                     "Query examples per class at validation/test (default: --query).")
 flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Tasks per meta-update.")
 flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner SGD steps during meta-training.")
 flags.DEFINE_integer("eval_inner_steps", _D.eval_inner_steps,
@@ -59,10 +64,20 @@ flags.DEFINE_enum("network", _D.network, list(runner.NETWORKS),
                   "auto: MLP for sinusoid, Conv4 for images.")
 flags.DEFINE_enum("strategy", _D.strategy, list(task_map.STRATEGIES),
                   "How tasks are mapped and convolutions computed; auto picks per backend.")
+flags.DEFINE_integer("num_devices", None, "Use the first N devices (default: all).")
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() for multi-host runs.")
 
 FLAGS = flags.FLAGS
+
+
+def _split_sizes(values: list[str]) -> tuple[int, int]:
+    try:
+        train, val = (int(v) for v in values)
+    except ValueError:
+        raise UserInputError(f"--omniglot_split takes two integers 'train,val', got "
+                             f"{','.join(values)!r}") from None
+    return train, val
 
 
 def config_from_flags() -> runner.MamlRunConfig:
@@ -75,7 +90,8 @@ def config_from_flags() -> runner.MamlRunConfig:
             workdir = f"runs/maml_{FLAGS.dataset}_{FLAGS.ways}w{FLAGS.shots}s"
     return runner.MamlRunConfig(
         workdir=workdir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-        cache_dir=FLAGS.cache_dir, ways=FLAGS.ways, shots=FLAGS.shots, query=FLAGS.query,
+        cache_dir=FLAGS.cache_dir, omniglot_split=_split_sizes(FLAGS.omniglot_split), ways=FLAGS.ways, shots=FLAGS.shots, query=FLAGS.query,
+        eval_query=FLAGS.eval_query,
         meta_batch_size=FLAGS.meta_batch_size, inner_steps=FLAGS.inner_steps,
         eval_inner_steps=FLAGS.eval_inner_steps, inner_lr=FLAGS.inner_lr,
         eval_inner_lr=FLAGS.eval_inner_lr, meta_lr=FLAGS.meta_lr, grad_clip=FLAGS.grad_clip,
@@ -83,7 +99,8 @@ def config_from_flags() -> runner.MamlRunConfig:
         eval_tasks=FLAGS.eval_tasks, val_tasks=FLAGS.val_tasks, eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every, seed=FLAGS.seed,
         eval_seed=FLAGS.eval_seed, bn_mode=FLAGS.bn_mode, network=FLAGS.network,
-        strategy=FLAGS.strategy, progress=FLAGS.progress)
+        strategy=FLAGS.strategy, num_devices=FLAGS.num_devices,
+        progress=FLAGS.progress)
 
 
 def format_results(results: dict) -> str:

@@ -46,9 +46,11 @@ class MamlRunConfig:
     dataset: str = "sinusoid"
     data_dir: str | None = None
     cache_dir: str | None = None
+    omniglot_split: tuple[int, int] = (1100, 100)
     ways: int = 5
     shots: int = 10
     query: int = 10
+    eval_query: int | None = None
     meta_batch_size: int = 25
     inner_steps: int = 1
     eval_inner_steps: int = 10
@@ -69,6 +71,7 @@ class MamlRunConfig:
     bn_mode: str = "transductive"
     network: str = "auto"
     strategy: str = "auto"
+    num_devices: int | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -85,6 +88,7 @@ class MamlRunConfig:
         need(self.strategy in task_map_lib.STRATEGIES,
              f"unknown --strategy={self.strategy!r}; expected one of "
              f"{', '.join(task_map_lib.STRATEGIES)}")
+        need(self.eval_query is None or self.eval_query >= 1, "--eval_query must be >= 1")
         for name in ("shots", "query", "meta_batch_size", "inner_steps", "eval_tasks",
                      "val_tasks", "checkpoint_every", "log_every"):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -120,8 +124,8 @@ def build_model(config: MamlRunConfig, conv_impl: str):
     if config.dataset == "sinusoid":
         if network != "mlp":
             raise ConfigError("--dataset=sinusoid uses --network=mlp (1-40-40-1)")
-        return networks.sinusoid_mlp(), regression_loss(networks.sinusoid_mlp()), \
-            jnp.zeros((config.shots, 1))
+        model = networks.sinusoid_mlp()
+        return model, regression_loss(model), jnp.zeros((config.shots, 1))
     size, channels = (28, 1) if config.dataset == "omniglot" else (84, 3)
     example = jnp.zeros((config.ways * config.shots, size, size, channels))
     if network == "mlp":
@@ -148,25 +152,32 @@ class _Data:
                     "val": jax.random.fold_in(eval_root, 1),
                     "test": jax.random.fold_in(eval_root, 2)}
             sample = jax.jit(
-                lambda key, i: sinusoid.sample_tasks(jax.random.fold_in(key, i), b,
-                                                     config.shots, config.query),
-                out_shardings=mesh_lib.batch_sharded(mesh))
-            self._fns = {split: (lambda i, k=k: sample(k, i)) for split, k in keys.items()}
+                lambda key, i, query: sinusoid.sample_tasks(jax.random.fold_in(key, i), b,
+                                                            config.shots, query),
+                static_argnums=2, out_shardings=mesh_lib.batch_sharded(mesh))
+            self._fns = {split: (lambda i, k=k, q=self._query(split): sample(k, i, q))
+                         for split, k in keys.items()}
             return
         from core.datasets.episodes import EpisodeSampler, EpisodeSpec
         if config.dataset == "omniglot":
             from core.datasets.omniglot import load_omniglot
-            splits = load_omniglot(config.data_dir, config.resolved_cache_dir)
+            splits = load_omniglot(config.data_dir, config.resolved_cache_dir,
+                                   split_sizes=tuple(config.omniglot_split))
         else:
             from core.datasets.miniimagenet import load_miniimagenet
             splits = load_miniimagenet(config.data_dir, config.resolved_cache_dir)
-        spec = EpisodeSpec(ways=config.ways, shots=config.shots, query=config.query)
         seeds = {"train": config.seed, "val": 10_000 + config.eval_seed,
                  "test": 20_000 + config.eval_seed}
         self._fns = {}
         for split, seed in seeds.items():
+            spec = EpisodeSpec(ways=config.ways, shots=config.shots, query=self._query(split))
             sampler = EpisodeSampler(splits[split], spec, seed=seed)
             self._fns[split] = (lambda i, s=sampler: mesh_lib.put_batch(s.batch(i, b), mesh))
+
+    def _query(self, split: str) -> int:
+        if split == "train" or self.config.eval_query is None:
+            return self.config.query
+        return self.config.eval_query
 
     def batch_fn(self, split: str) -> Callable[[int], Any]:
         return self._fns[split]
@@ -186,7 +197,13 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     """
     config.validate()
     t_start = time.time()
-    mesh = mesh_lib.make_mesh()
+    devices = jax.devices()
+    if config.num_devices is not None:
+        if not 1 <= config.num_devices <= len(devices):
+            raise ConfigError(f"--num_devices={config.num_devices} but {len(devices)} "
+                              f"device(s) are available")
+        devices = devices[:config.num_devices]
+    mesh = mesh_lib.make_mesh(devices)
     mesh_lib.check_divisible(config.meta_batch_size, mesh, "--meta_batch_size")
     task_map, conv_impl = task_map_lib.resolve_strategy(config.strategy)
     model, loss_fn, example = build_model(config, conv_impl)
@@ -197,7 +214,7 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     config_dict = dataclasses.asdict(config)
     config_dict.update(resolved_task_map=task_map, resolved_conv_impl=conv_impl)
     run_dir.write_run_config(config.workdir, config_dict, versions,
-                             allow_changed=("num_steps", "progress", "eval_every",
+                             allow_changed=("num_steps", "progress", "num_devices", "eval_every",
                                             "checkpoint_every", "log_every", "strategy",
                                             "resolved_task_map", "resolved_conv_impl",
                                             "data_dir", "cache_dir", "workdir"))
@@ -271,6 +288,27 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     run_dir.write_results(config.workdir, results)
     _plot_curves(config, test)
     return results
+
+
+def restore_train_state(config: MamlRunConfig, which: str = "best") -> maml.MetaTrainState:
+    """Loads a trained run's state from its run directory, on the default device.
+
+    Args:
+      config: the run's config (as in `workdir/config.json`).
+      which: 'best' (the best-validation checkpoint, the one tested) or 'latest'.
+
+    Returns:
+      The `MetaTrainState`; `state.params` is θ.
+    """
+    _, conv_impl = task_map_lib.resolve_strategy(config.strategy)
+    model, _, example = build_model(config, conv_impl)
+    params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example))
+    template = maml.init_train_state(params, model_state,
+                                     maml.outer_optimizer(config.meta_lr, config.grad_clip))
+    directory = os.path.join(config.workdir, "best" if which == "best" else "checkpoints")
+    with Checkpointer(directory) as checkpointer:
+        return checkpointer.restore({"state": template,
+                                     "loop": train_loop.loop_state_template()})["state"]
 
 
 def _plot_curves(config: MamlRunConfig, test: dict[str, Any]) -> None:
