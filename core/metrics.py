@@ -21,6 +21,7 @@ killed process never loses lines it already wrote.
 
 from collections.abc import Mapping
 import json
+import logging
 import os
 import pathlib
 import time
@@ -31,6 +32,10 @@ import tensorboardX
 
 from core.errors import DataError
 from core.run_dir import atomic_write_text
+
+# A diverged evaluation (NaN) is a legitimate value to log; tensorboardX would warn
+# about it on every write.
+logging.getLogger('tensorboardX.x2num').setLevel(logging.ERROR)
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'

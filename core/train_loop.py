@@ -84,6 +84,9 @@ def _loop_state(best_value: float, best_step: int, wall_seconds: float) -> dict:
 
 
 def _is_better(value: float, best: float, mode: str) -> bool:
+    """Whether `value` beats `best`; NaN (a diverged evaluation) never does."""
+    if np.isnan(value):
+        return False
     if np.isnan(best):
         return True
     return value > best if mode == "max" else value < best

@@ -43,6 +43,9 @@ flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Tasks per meta-upda
 flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner SGD steps during meta-training.")
 flags.DEFINE_integer("eval_inner_steps", _D.eval_inner_steps,
                      "Inner SGD steps at validation and test time.")
+flags.DEFINE_integer("select_inner_steps", None,
+                     "Model selection uses the validation metric after this many inner steps "
+                     "(default: --eval_inner_steps).")
 flags.DEFINE_float("inner_lr", _D.inner_lr, "alpha: inner SGD step size.")
 flags.DEFINE_float("eval_inner_lr", None, "alpha at test time (default: --inner_lr).")
 flags.DEFINE_float("meta_lr", _D.meta_lr, "beta: Adam step size of the meta-update.")
@@ -93,7 +96,8 @@ def config_from_flags() -> runner.MamlRunConfig:
         cache_dir=FLAGS.cache_dir, omniglot_split=_split_sizes(FLAGS.omniglot_split), ways=FLAGS.ways, shots=FLAGS.shots, query=FLAGS.query,
         eval_query=FLAGS.eval_query,
         meta_batch_size=FLAGS.meta_batch_size, inner_steps=FLAGS.inner_steps,
-        eval_inner_steps=FLAGS.eval_inner_steps, inner_lr=FLAGS.inner_lr,
+        eval_inner_steps=FLAGS.eval_inner_steps,
+        select_inner_steps=FLAGS.select_inner_steps, inner_lr=FLAGS.inner_lr,
         eval_inner_lr=FLAGS.eval_inner_lr, meta_lr=FLAGS.meta_lr, grad_clip=FLAGS.grad_clip,
         num_steps=FLAGS.num_steps, first_order=FLAGS.first_order, remat=FLAGS.remat,
         eval_tasks=FLAGS.eval_tasks, val_tasks=FLAGS.val_tasks, eval_every=FLAGS.eval_every,

@@ -54,6 +54,7 @@ class MamlRunConfig:
     meta_batch_size: int = 25
     inner_steps: int = 1
     eval_inner_steps: int = 10
+    select_inner_steps: int | None = None
     inner_lr: float = 0.01
     eval_inner_lr: float | None = None
     meta_lr: float = 1e-3
@@ -93,7 +94,11 @@ class MamlRunConfig:
                      "val_tasks", "checkpoint_every", "log_every"):
             need(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
         need(self.ways >= 2 or self.dataset == "sinusoid", f"--ways must be >= 2, got {self.ways}")
-        need(self.eval_inner_steps >= 0, f"--eval_inner_steps must be >= 0")
+        need(self.eval_inner_steps >= 0, "--eval_inner_steps must be >= 0")
+        need(self.select_inner_steps is None
+             or 0 <= self.select_inner_steps <= self.eval_inner_steps,
+             f"--select_inner_steps must be between 0 and --eval_inner_steps "
+             f"({self.eval_inner_steps}), got {self.select_inner_steps}")
         need(self.num_steps >= 0, f"--num_steps must be >= 0, got {self.num_steps}")
         need(self.eval_every >= 0, f"--eval_every must be >= 0, got {self.eval_every}")
         need(self.inner_lr > 0 and self.meta_lr > 0, "--inner_lr and --meta_lr must be > 0")
@@ -142,6 +147,7 @@ class _Data:
     """Train/val/test batch functions of a run, placed on the device mesh."""
 
     def __init__(self, config: MamlRunConfig, mesh):
+        self.in_step_sampler = None
         self.config = config
         self.mesh = mesh
         b = config.meta_batch_size
@@ -157,6 +163,10 @@ class _Data:
                 static_argnums=2, out_shardings=mesh_lib.batch_sharded(mesh))
             self._fns = {split: (lambda i, k=k, q=self._query(split): sample(k, i, q))
                          for split, k in keys.items()}
+            # Training batches are sampled inside the jitted step: no host round trip.
+            self.in_step_sampler = lambda i: jax.lax.with_sharding_constraint(
+                sinusoid.sample_tasks(jax.random.fold_in(keys["train"], i), b, config.shots,
+                                      config.query), mesh_lib.batch_sharded(mesh))
             return
         from core.datasets.episodes import EpisodeSampler, EpisodeSpec
         if config.dataset == "omniglot":
@@ -225,8 +235,14 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     maml_config = maml.MamlConfig(inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                                   first_order=config.first_order, remat=config.remat)
     repl, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-    train_step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map),
-                         in_shardings=(repl, batch), out_shardings=(repl, repl),
+    meta_step = maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map)
+    train_batch_fn = data.batch_fn("train")
+    if data.in_step_sampler is not None:
+        step_fn = lambda s, index: meta_step(s, data.in_step_sampler(index))
+        train_batch_fn, batch_in = np.int32, repl
+    else:
+        step_fn, batch_in = meta_step, batch
+    train_step = jax.jit(step_fn, in_shardings=(repl, batch_in), out_shardings=(repl, repl),
                          donate_argnums=0)
     eval_batch = jax.jit(evaluation.make_adaptation_eval(
         loss_fn, inner_lr=config.eval_inner_lr or config.inner_lr,
@@ -238,21 +254,26 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
                                    data.batch_fn(split), num_tasks=num_tasks,
                                    batch_size=config.meta_batch_size, metric=config.metric)
 
+    select_step = (config.eval_inner_steps if config.select_inner_steps is None
+                   else config.select_inner_steps)
+    select_metric = f"select_{config.metric}_step{select_step}"
+
     def validate(train_state, step: int) -> dict[str, float]:
         summary = run_eval(train_state, "val", config.val_tasks)
         return {config.metric: summary["mean"], f"{config.metric}_ci95": summary["ci95"],
-                f"{config.metric}_step0": summary["per_step"][0]}
+                f"{config.metric}_step0": summary["per_step"][0],
+                select_metric: summary["per_step"][select_step]}
 
     checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), max_to_keep=2)
     best_checkpointer = Checkpointer(os.path.join(config.workdir, "best"), max_to_keep=1)
     loop_config = train_loop.LoopConfig(
         num_steps=config.num_steps, eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-        select_metric=config.metric, select_mode="max" if config.metric == "accuracy" else "min")
+        select_metric=select_metric, select_mode="max" if config.metric == "accuracy" else "min")
     try:
         with MetricsWriter(config.workdir,
                            resume_step=train_loop.resume_step(checkpointer)) as writer:
-            result = train_loop.run(loop_config, state, train_step, data.batch_fn("train"),
+            result = train_loop.run(loop_config, state, train_step, train_batch_fn,
                                     checkpointer=checkpointer,
                                     best_checkpointer=best_checkpointer, writer=writer,
                                     eval_fn=validate if config.eval_every else None,
@@ -262,7 +283,8 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
                 tested = train_loop.restore_best(best_checkpointer, result.state)
             test = run_eval(tested, "test", config.eval_tasks)
             writer.write(config.num_steps, "test",
-                         {config.metric: test["mean"], f"{config.metric}_ci95": test["ci95"]})
+                         {config.metric: test["per_step"][select_step],
+                          f"{config.metric}_ci95": test["per_step_ci95"][select_step]})
     finally:
         checkpointer.close()
         best_checkpointer.close()
@@ -276,9 +298,10 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
         "tested_checkpoint_step": result.best_step if result.best_step is not None
         else config.num_steps,
         "best_val": result.best_value,
-        "test": {"metric": config.metric, "mean": test["mean"], "ci95": test["ci95"],
-                 "std": test["std"], "unit": test["unit"], "num_tasks": test["num_tasks"],
-                 "inner_steps": config.eval_inner_steps, "per_step": test["per_step"],
+        "test": {"metric": config.metric, "mean": test["per_step"][select_step],
+                 "ci95": test["per_step_ci95"][select_step], "inner_steps": select_step,
+                 "unit": test["unit"], "num_tasks": test["num_tasks"],
+                 "eval_inner_steps": config.eval_inner_steps, "per_step": test["per_step"],
                  "per_step_ci95": test["per_step_ci95"], "loss_per_step": test["loss"]},
         "bn_mode": config.bn_mode,
         "config": config_dict,

@@ -41,6 +41,7 @@ def test_sinusoid_run_writes_valid_results(tmp_path):
     test = on_disk["test"]
     assert test["metric"] == "mse" and test["num_tasks"] == 40
     assert len(test["per_step"]) == 4 and test["mean"] == test["per_step"][-1]
+    assert test["inner_steps"] == 3 and test["ci95"] == test["per_step_ci95"][-1]
     assert test["per_step"][3] < test["per_step"][0]  # adaptation helps
     assert on_disk["versions"]["jax"] == jax.__version__
     for name in ("config.json", "versions.json", "metrics.jsonl",

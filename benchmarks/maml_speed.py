@@ -1,0 +1,192 @@
+r"""Seconds per MAML meta-step, compile time, peak memory and achieved GFLOP/s.
+
+One configuration per process (peak RSS is per process):
+
+    python -m benchmarks.maml_speed --config=omniglot --steps=20
+    python -m benchmarks.maml_speed --config=omniglot --first_order --strategy=loop_xla
+
+The last line printed is one JSON object with at least `sec_per_step` (median
+over `--steps` steps after `--warmup` steps), `compile_s`, `peak_rss_mb` and
+`gflops_per_s` (XLA's cost analysis of the compiled step divided by
+`sec_per_step`). `--table` runs every (config, order, strategy) of a list in
+subprocesses and prints a markdown table plus a JSON list.
+
+Configs (random data of the right shapes, fixed for the run, as the PyTorch
+peer in ../shared/peers/torch_maml.py):
+  sinusoid       MLP 1-40-40-1, 25 tasks, 10 support + 10 query, 1 step, alpha 0.01
+  omniglot       the peer's: Conv4-64 (flatten head), 5-way, 32 tasks, 5 support +
+                 75 query, 1 step, alpha 0.4
+  omniglot_train MAML's 5-way 1-shot training step: 32 tasks, 5 support + 5 query
+  omniglot20     MAML's 20-way 1-shot training step: 16 tasks, 20 support + 20 query,
+                 5 inner steps, alpha 0.1
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+CONFIGS = {
+    "sinusoid": dict(tasks=25, ways=1, support=10, query=10, inner_lr=0.01, inner_steps=1),
+    "omniglot": dict(tasks=32, ways=5, support=5, query=75, inner_lr=0.4, inner_steps=1),
+    "omniglot_train": dict(tasks=32, ways=5, support=5, query=5, inner_lr=0.4, inner_steps=1),
+    "omniglot20": dict(tasks=16, ways=20, support=20, query=20, inner_lr=0.1, inner_steps=5),
+}
+
+flags.DEFINE_enum("config", "omniglot", list(CONFIGS), "Benchmark configuration.")
+flags.DEFINE_bool("first_order", False, "First-order MAML.")
+flags.DEFINE_string("strategy", "auto", "Task map and convolution (meta.task_map.STRATEGIES).")
+flags.DEFINE_integer("steps", 20, "Timed meta-steps (median reported).")
+flags.DEFINE_integer("warmup", 3, "Untimed meta-steps after compilation.")
+flags.DEFINE_integer("inner_steps", None, "Override the config's inner steps.")
+flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step.")
+flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
+flags.DEFINE_bool("table", False, "Run a grid of configurations in subprocesses.")
+flags.DEFINE_list("table_configs", ["sinusoid", "omniglot", "omniglot_train", "omniglot20"],
+                  "Configs of --table.")
+flags.DEFINE_list("table_strategies", ["vmap_im2col", "vmap_xla", "loop_xla"],
+                  "Strategies of --table (vmap_xla is skipped for conv configs unless listed "
+                  "in --table_slow).")
+flags.DEFINE_list("table_slow", [], "Strategies to run on conv configs even though slow.")
+FLAGS = flags.FLAGS
+
+
+def _pin_threads(threads: int) -> None:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))[:threads]
+        os.sched_setaffinity(0, set(cpus))
+    except (AttributeError, OSError):
+        pass
+
+
+def _random_tasks(cfg: dict, image: bool):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from core.datasets.episodes import Episode
+    rng = np.random.default_rng(0)
+    b, s, q = cfg["tasks"], cfg["support"], cfg["query"]
+    if not image:
+        return Episode(jnp.asarray(rng.uniform(-5, 5, (b, s, 1)), jnp.float32),
+                       jnp.asarray(rng.normal(size=(b, s, 1)), jnp.float32),
+                       jnp.asarray(rng.uniform(-5, 5, (b, q, 1)), jnp.float32),
+                       jnp.asarray(rng.normal(size=(b, q, 1)), jnp.float32))
+    ways = cfg["ways"]
+    labels = lambda n: jnp.asarray(np.tile(np.arange(ways), (b, n // ways)), jnp.int32)
+    return Episode(jnp.asarray(rng.random((b, s, 28, 28, 1)), jnp.float32), labels(s),
+                   jnp.asarray(rng.random((b, q, 28, 28, 1)), jnp.float32), labels(q))
+
+
+def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: int,
+            inner_steps: int | None, remat: bool) -> dict:
+    """Compiles and times one jitted meta-step (meta-gradient + Adam)."""
+    import jax
+
+    from core import networks
+    from core.losses import classification_loss, regression_loss, split_variables
+    from meta import maml
+    from meta import task_map as task_map_lib
+
+    cfg = dict(CONFIGS[config])
+    if inner_steps is not None:
+        cfg["inner_steps"] = inner_steps
+    task_map, conv_impl = task_map_lib.resolve_strategy(strategy)
+    image = config != "sinusoid"
+    if image:
+        model = networks.omniglot_conv4(cfg["ways"], conv_impl=conv_impl,
+                                        spatial_pool="flatten")
+        loss_fn = classification_loss(model)
+    else:
+        model = networks.sinusoid_mlp()
+        loss_fn = regression_loss(model)
+    tasks = _random_tasks(cfg, image)
+    params, model_state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
+    optimizer = maml.outer_optimizer(1e-3)
+    state = maml.init_train_state(params, model_state, optimizer)
+    mcfg = maml.MamlConfig(inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
+                           first_order=first_order, remat=remat)
+    step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, mcfg, task_map))
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, tasks).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    for _ in range(warmup):
+        state, metrics = compiled(state, tasks)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, tasks)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    return {
+        "config": config, "order": "first" if first_order else "second",
+        "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
+        "inner_steps": cfg["inner_steps"], "remat": remat, "backend": jax.default_backend(),
+        "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
+        "gflop_per_step": flops / 1e9, "gflops_per_s": flops / 1e9 / sec,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "steps": steps, "loss": float(metrics["loss"]),
+    }
+
+
+def _table() -> None:
+    rows = []
+    for config in FLAGS.table_configs:
+        for first_order in (False, True):
+            for strategy in FLAGS.table_strategies:
+                if (config != "sinusoid" and strategy.endswith("_xla")
+                        and strategy.startswith("vmap") and strategy not in FLAGS.table_slow):
+                    continue
+                if config == "sinusoid" and not strategy.endswith("im2col"):
+                    continue  # no convolutions: every strategy is the same vmap
+                cmd = [sys.executable, "-m", "benchmarks.maml_speed", f"--config={config}",
+                       f"--strategy={strategy}", f"--steps={FLAGS.steps}",
+                       f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads}",
+                       "--first_order" if first_order else "--nofirst_order"]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    print(f"failed: {' '.join(cmd)}\n{out.stderr[-1000:]}", file=sys.stderr)
+                    continue
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(_row(rows[-1]), flush=True)
+    print("\n" + _header() + "\n" + "\n".join(_row(r) for r in rows))
+    print(json.dumps(rows))
+
+
+def _header() -> str:
+    return ("| config | order | strategy | s/step | compile s | GFLOP/step | GFLOP/s | peak RSS MB |\n"
+            "|---|---|---|---|---|---|---|---|")
+
+
+def _row(r: dict) -> str:
+    return (f"| {r['config']} | {r['order']} | {r['strategy']} ({r['task_map']}, "
+            f"{r['conv_impl']}) | {r['sec_per_step']:.4f} | {r['compile_s']:.1f} | "
+            f"{r['gflop_per_step']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+def main(argv):
+    del argv
+    _pin_threads(FLAGS.threads)
+    if FLAGS.table:
+        _table()
+        return
+    result = measure(FLAGS.config, FLAGS.first_order, FLAGS.strategy, FLAGS.steps,
+                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat)
+    print(_header() + "\n" + _row(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
