@@ -70,8 +70,9 @@ def summarize(values: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
     """
     values = np.asarray(values, np.float64) * scale
     n = values.shape[0]
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
     ci95 = 1.96 * std / math.sqrt(n)
     return {
         "mean": float(mean[-1]),
@@ -79,6 +80,9 @@ def summarize(values: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
         "std": float(std[-1]),
         "per_step": [float(v) for v in mean],
         "per_step_ci95": [float(v) for v in ci95],
+        # Robust companions: a few tasks whose inner loop diverges make the mean inf/NaN.
+        "per_step_median": [float(v) for v in np.median(values, axis=0)],
+        "per_step_diverged": [int(v) for v in (~np.isfinite(values)).sum(axis=0)],
         "num_tasks": int(n),
     }
 
