@@ -81,7 +81,9 @@ def summarize(values: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
         "per_step": [float(v) for v in mean],
         "per_step_ci95": [float(v) for v in ci95],
         # Robust companions: a few tasks whose inner loop diverges make the mean inf/NaN.
-        "per_step_median": [float(v) for v in np.median(values, axis=0)],
+        # A diverged (NaN) task counts as infinitely bad in the median.
+        "per_step_median": [float(v) for v in np.median(np.nan_to_num(values, nan=np.inf),
+                                                        axis=0)],
         "per_step_diverged": [int(v) for v in (~np.isfinite(values)).sum(axis=0)],
         "num_tasks": int(n),
     }
