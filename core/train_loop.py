@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from core.checkpoint import Checkpointer
@@ -96,7 +95,7 @@ def run(config: LoopConfig, state: Any, train_step: Callable[[Any, Any], tuple[A
         batch_fn: Callable[[int], Any], *, checkpointer: Checkpointer,
         best_checkpointer: Checkpointer | None, writer: MetricsWriter,
         eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
-        progress: bool = True, step_of: Callable[[Any], int] | None = None) -> LoopResult:
+        progress: bool = True) -> LoopResult:
     """Trains from the latest checkpoint (or `state`) to `config.num_steps`.
 
     Args:
@@ -111,12 +110,10 @@ def run(config: LoopConfig, state: Any, train_step: Callable[[Any, Any], tuple[A
       eval_fn: (state, step) -> validation metrics, containing
         `config.select_metric`.
       progress: show a progress bar.
-      step_of: reads the step counter out of a state (default: `state.step`).
 
     Returns:
       A `LoopResult`.
     """
-    step_of = step_of or (lambda s: int(jax.device_get(s.step)))
     start = 0
     best_value, best_step, wall = float("nan"), -1, 0.0
     latest = checkpointer.latest_step()
@@ -126,7 +123,7 @@ def run(config: LoopConfig, state: Any, train_step: Callable[[Any, Any], tuple[A
         loop = restored["loop"]
         best_value, best_step = float(loop["best_value"]), int(loop["best_step"])
         wall = float(loop["wall_seconds"])
-        start = step_of(state)
+        start = latest  # checkpoints are numbered by the steps done
     resumed_from = start
 
     def validate(step: int):
@@ -188,8 +185,3 @@ def restore_best(best_checkpointer: Checkpointer, template_state: Any) -> Any:
     """The best-validation train state saved by `run`."""
     return best_checkpointer.restore(
         {"state": template_state, "loop": _loop_state(0.0, 0, 0.0)})["state"]
-
-
-def tree_size(tree: Any) -> int:
-    """Number of scalars in a pytree (for logging model sizes)."""
-    return int(sum(np.prod(jnp.shape(x)) for x in jax.tree.leaves(tree)))

@@ -9,6 +9,7 @@ checkpoint and ends with the same numbers as an uninterrupted run.
 """
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -157,16 +158,17 @@ class _Data:
             keys = {"train": jax.random.fold_in(root, 0),
                     "val": jax.random.fold_in(eval_root, 1),
                     "test": jax.random.fold_in(eval_root, 2)}
-            sample = jax.jit(
-                lambda key, i, query: sinusoid.sample_tasks(jax.random.fold_in(key, i), b,
-                                                            config.shots, query),
-                static_argnums=2, out_shardings=mesh_lib.batch_sharded(mesh))
-            self._fns = {split: (lambda i, k=k, q=self._query(split): sample(k, i, q))
-                         for split, k in keys.items()}
+            batch_sharding = mesh_lib.batch_sharded(mesh)
+
+            def sample(split: str, index):
+                return sinusoid.sample_tasks(jax.random.fold_in(keys[split], index), b,
+                                             config.shots, self._query(split))
+
+            self._fns = {split: jax.jit(functools.partial(sample, split),
+                                        out_shardings=batch_sharding) for split in keys}
             # Training batches are sampled inside the jitted step: no host round trip.
-            self.in_step_sampler = lambda i: jax.lax.with_sharding_constraint(
-                sinusoid.sample_tasks(jax.random.fold_in(keys["train"], i), b, config.shots,
-                                      config.query), mesh_lib.batch_sharded(mesh))
+            self.in_step_sampler = lambda index: jax.lax.with_sharding_constraint(
+                sample("train", index), batch_sharding)
             return
         from core.datasets.episodes import EpisodeSampler, EpisodeSpec
         if config.dataset == "omniglot":

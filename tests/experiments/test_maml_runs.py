@@ -1,6 +1,5 @@
 """End-to-end tests of MAML runs: results, determinism, resumption, Omniglot files, bad input."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -59,7 +58,7 @@ def test_same_seed_gives_bit_identical_parameters_and_evaluation(tmp_path):
     state_a = runner.restore_train_state(_sinusoid_config(tmp_path / "a"), "latest")
     state_b = runner.restore_train_state(_sinusoid_config(tmp_path / "b"), "latest")
     chex.assert_trees_all_equal(state_a.params, state_b.params)
-    c = runner.train_and_evaluate(_sinusoid_config(tmp_path / "c", seed=1))
+    runner.train_and_evaluate(_sinusoid_config(tmp_path / "c", seed=1))
     state_c = runner.restore_train_state(_sinusoid_config(tmp_path / "c", seed=1), "latest")
     assert not np.array_equal(state_a.params["Dense_0"]["kernel"],
                               state_c.params["Dense_0"]["kernel"])
