@@ -175,3 +175,15 @@ def test_bad_input_gives_one_clear_error(tmp_path, case):
     assert expect in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 6, proc.stderr
+
+
+def test_devices_default_to_all_that_split_the_meta_batch(tmp_path):
+    assert len(jax.devices()) == 4  # tests/conftest.py
+    choose = lambda **kw: runner._choose_devices(_sinusoid_config(tmp_path, **kw))
+    assert len(choose(num_devices=None, meta_batch_size=8)) == 4
+    assert len(choose(num_devices=None, meta_batch_size=6)) == 3
+    assert len(choose(num_devices=None, meta_batch_size=5)) == 1
+    assert len(choose(num_devices=2, meta_batch_size=8)) == 2
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError, match="num_devices"):
+        choose(num_devices=9)
