@@ -116,6 +116,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks).compile()
     compile_s = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -137,6 +138,9 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
         "gflop_per_step": flops / 1e9, "gflops_per_s": flops / 1e9 / sec,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # XLA's own buffers for one step (compiler memory excluded, unlike peak RSS).
+        "xla_temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
+        "xla_peak_mb": getattr(memory, "peak_memory_in_bytes", 0) / 2**20 if memory else None,
         "steps": steps, "loss": float(metrics["loss"]),
     }
 
@@ -166,14 +170,15 @@ def _table() -> None:
 
 
 def _header() -> str:
-    return ("| config | order | strategy | s/step | compile s | GFLOP/step | GFLOP/s | peak RSS MB |\n"
-            "|---|---|---|---|---|---|---|---|")
+    return ("| config | order | strategy | s/step | compile s | GFLOP/step | GFLOP/s | peak RSS MB "
+            "| XLA temp MB |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def _row(r: dict) -> str:
     return (f"| {r['config']} | {r['order']} | {r['strategy']} ({r['task_map']}, "
             f"{r['conv_impl']}) | {r['sec_per_step']:.4f} | {r['compile_s']:.1f} | "
-            f"{r['gflop_per_step']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+            f"{r['gflop_per_step']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['xla_temp_mb'] or 0:.0f} |")
 
 
 def main(argv):
