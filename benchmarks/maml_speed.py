@@ -46,6 +46,7 @@ flags.DEFINE_integer("steps", 20, "Timed meta-steps (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed meta-steps after compilation.")
 flags.DEFINE_integer("inner_steps", None, "Override the config's inner steps.")
 flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step.")
+flags.DEFINE_bool("scan", False, "Inner steps in a lax.scan instead of unrolled.")
 flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
 flags.DEFINE_bool("table", False, "Run a grid of configurations in subprocesses.")
 flags.DEFINE_list("table_configs", ["sinusoid", "omniglot", "omniglot_train", "omniglot20"],
@@ -84,7 +85,7 @@ def _random_tasks(cfg: dict, image: bool):
 
 
 def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: int,
-            inner_steps: int | None, remat: bool) -> dict:
+            inner_steps: int | None, remat: bool, scan: bool = False) -> dict:
     """Compiles and times one jitted meta-step (meta-gradient + Adam)."""
     import jax
 
@@ -110,7 +111,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     optimizer = maml.outer_optimizer(1e-3)
     state = maml.init_train_state(params, model_state, optimizer)
     mcfg = maml.MamlConfig(inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
-                           first_order=first_order, remat=remat)
+                           first_order=first_order, remat=remat, scan=scan)
     step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, mcfg, task_map))
 
     t0 = time.perf_counter()
@@ -134,7 +135,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
-        "inner_steps": cfg["inner_steps"], "remat": remat, "backend": jax.default_backend(),
+        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": scan, "backend": jax.default_backend(),
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
         "gflop_per_step": flops / 1e9, "gflops_per_s": flops / 1e9 / sec,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -188,7 +189,7 @@ def main(argv):
         _table()
         return
     result = measure(FLAGS.config, FLAGS.first_order, FLAGS.strategy, FLAGS.steps,
-                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat)
+                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat, FLAGS.scan)
     print(_header() + "\n" + _row(result))
     print(json.dumps(result))
 

@@ -53,6 +53,8 @@ flags.DEFINE_float("grad_clip", None, "Clip meta-gradient entries to [-c, c] (mi
 flags.DEFINE_integer("num_steps", _D.num_steps, "Meta-training iterations.")
 flags.DEFINE_bool("first_order", _D.first_order, "First-order MAML (no second derivatives).")
 flags.DEFINE_bool("remat", _D.remat, "Recompute inner-step activations (memory flat in steps).")
+flags.DEFINE_bool("scan_inner_loop", _D.scan_inner_loop,
+                  "Inner steps in a lax.scan (compile time flat in --inner_steps).")
 flags.DEFINE_integer("eval_tasks", _D.eval_tasks, "Fixed test tasks for the final evaluation.")
 flags.DEFINE_integer("val_tasks", _D.val_tasks, "Fixed validation tasks for model selection.")
 flags.DEFINE_integer("eval_every", _D.eval_every, "Validate every N steps (0: never).")
@@ -100,6 +102,7 @@ def config_from_flags() -> runner.MamlRunConfig:
         select_inner_steps=FLAGS.select_inner_steps, inner_lr=FLAGS.inner_lr,
         eval_inner_lr=FLAGS.eval_inner_lr, meta_lr=FLAGS.meta_lr, grad_clip=FLAGS.grad_clip,
         num_steps=FLAGS.num_steps, first_order=FLAGS.first_order, remat=FLAGS.remat,
+        scan_inner_loop=FLAGS.scan_inner_loop,
         eval_tasks=FLAGS.eval_tasks, val_tasks=FLAGS.val_tasks, eval_every=FLAGS.eval_every,
         checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every, seed=FLAGS.seed,
         eval_seed=FLAGS.eval_seed, bn_mode=FLAGS.bn_mode, network=FLAGS.network,

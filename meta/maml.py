@@ -43,12 +43,17 @@ class MamlConfig:
       first_order: drop second-order terms (FOMAML).
       remat: recompute each inner step's activations in the backward pass
         (`jax.checkpoint`) so that memory does not grow with `inner_steps`.
+      scan: run the inner steps in a `lax.scan` instead of unrolling them, so
+        the compiled program (and its compile time) does not grow with
+        `inner_steps`. XLA:CPU runs convolutions inside loops slowly
+        (jax-ml/jax#12868), so this pairs with the im2col convolution there.
     """
 
     inner_lr: float
     inner_steps: int = 1
     first_order: bool = False
     remat: bool = False
+    scan: bool = False
 
     def __post_init__(self):
         if self.inner_steps < 1:
@@ -113,6 +118,24 @@ def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
     return trajectory
 
 
+def scanned_inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: float,
+                       steps: int, first_order: bool = False, remat: bool = False,
+                       train: bool = True) -> Params:
+    """`inner_loop` as a `lax.scan`: the same θ'_steps, one compiled step body.
+
+    Args: as `inner_loop`.
+
+    Returns:
+      θ'_steps only (the trajectory is not kept).
+    """
+    step = lambda p: inner_step(loss_fn, p, model_state, x, y, inner_lr=inner_lr,
+                                first_order=first_order, train=train)
+    if remat:
+        step = jax.checkpoint(step)
+    adapted, _ = jax.lax.scan(lambda p, _: (step(p), None), params, None, length=steps)
+    return adapted
+
+
 def task_query_loss(loss_fn: LossFn, params: Params, model_state, task, config: MamlConfig):
     """One task's term of the meta-objective: L_{T_i}(f_{θ'_i}) on its query set.
 
@@ -126,9 +149,15 @@ def task_query_loss(loss_fn: LossFn, params: Params, model_state, task, config: 
     Returns:
       (query loss, (new model state, query metrics)).
     """
-    adapted = inner_loop(loss_fn, params, model_state, task.support_x, task.support_y,
-                         inner_lr=config.inner_lr, steps=config.inner_steps,
-                         first_order=config.first_order, remat=config.remat)[-1]
+    if config.scan:
+        adapted = scanned_inner_loop(loss_fn, params, model_state, task.support_x,
+                                     task.support_y, inner_lr=config.inner_lr,
+                                     steps=config.inner_steps, first_order=config.first_order,
+                                     remat=config.remat)
+    else:
+        adapted = inner_loop(loss_fn, params, model_state, task.support_x, task.support_y,
+                             inner_lr=config.inner_lr, steps=config.inner_steps,
+                             first_order=config.first_order, remat=config.remat)[-1]
     return loss_fn(adapted, model_state, task.query_x, task.query_y, True)
 
 

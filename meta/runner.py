@@ -64,6 +64,7 @@ class MamlRunConfig:
     num_steps: int = 70000
     first_order: bool = False
     remat: bool = False
+    scan_inner_loop: bool = False
     eval_tasks: int = 600
     val_tasks: int = 600
     eval_every: int = 5000
@@ -243,7 +244,7 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     config_dict = dataclasses.asdict(config)
     config_dict.update(resolved_task_map=task_map, resolved_conv_impl=conv_impl)
     run_dir.write_run_config(config.workdir, config_dict, versions,
-                             allow_changed=("num_steps", "progress", "num_devices", "eval_every",
+                             allow_changed=("num_steps", "progress", "num_devices", "remat", "scan_inner_loop", "eval_every",
                                             "checkpoint_every", "log_every", "strategy",
                                             "resolved_task_map", "resolved_conv_impl",
                                             "data_dir", "cache_dir", "workdir"))
@@ -252,7 +253,8 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     optimizer = maml.outer_optimizer(config.meta_lr, config.grad_clip)
     state = mesh_lib.put_replicated(maml.init_train_state(params, model_state, optimizer), mesh)
     maml_config = maml.MamlConfig(inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-                                  first_order=config.first_order, remat=config.remat)
+                                  first_order=config.first_order, remat=config.remat,
+                                  scan=config.scan_inner_loop)
     repl, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     meta_step = maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map)
     train_batch_fn = data.batch_fn("train")

@@ -96,13 +96,17 @@ def test_inner_loop_trajectory_is_sgd():
     assert float(loss_fn(traj[2], state, x, y, True)[0]) < float(loss_fn(params, state, x, y, True)[0])
 
 
-def test_remat_gives_the_same_meta_gradient():
+@pytest.mark.parametrize("variant", [dict(remat=True), dict(scan=True),
+                                     dict(scan=True, remat=True),
+                                     dict(scan=True, first_order=True)])
+def test_remat_and_scan_give_the_same_meta_gradient(variant):
     loss_fn, params, state, tasks = _tiny_mlp_problem()
-    plain = maml.MamlConfig(inner_lr=0.05, inner_steps=3)
-    remat = maml.MamlConfig(inner_lr=0.05, inner_steps=3, remat=True)
-    (_, _), g_plain = maml.meta_gradient(loss_fn, params, state, tasks, plain)
-    (_, _), g_remat = maml.meta_gradient(loss_fn, params, state, tasks, remat)
-    chex.assert_trees_all_close(g_plain, g_remat, rtol=1e-5, atol=1e-7)
+    first_order = variant.get("first_order", False)
+    plain = maml.MamlConfig(inner_lr=0.05, inner_steps=3, first_order=first_order)
+    other = maml.MamlConfig(inner_lr=0.05, inner_steps=3, **variant)
+    grad = jax.jit(lambda p, cfg: maml.meta_gradient(loss_fn, p, state, tasks, cfg)[1],
+                   static_argnums=1)
+    chex.assert_trees_all_close(grad(params, plain), grad(params, other), rtol=1e-5, atol=1e-7)
 
 
 def test_meta_train_step_reduces_meta_loss_and_counts_steps():
