@@ -34,6 +34,12 @@ from meta import task_map as task_map_lib
 
 DATASETS = ("sinusoid", "omniglot", "miniimagenet")
 NETWORKS = ("auto", "conv4", "mlp")
+# Config keys a resumed run may change: they do not change what is computed (or, for
+# num_steps and the schedules, only extend it).
+RESUMABLE_CHANGES = ("num_steps", "eval_every", "checkpoint_every", "log_every", "progress",
+                     "num_devices", "strategy", "remat", "scan_inner_loop",
+                     "resolved_task_map", "resolved_conv_impl", "data_dir", "cache_dir",
+                     "workdir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,10 +250,7 @@ def train_and_evaluate(config: MamlRunConfig) -> dict[str, Any]:
     config_dict = dataclasses.asdict(config)
     config_dict.update(resolved_task_map=task_map, resolved_conv_impl=conv_impl)
     run_dir.write_run_config(config.workdir, config_dict, versions,
-                             allow_changed=("num_steps", "progress", "num_devices", "remat", "scan_inner_loop", "eval_every",
-                                            "checkpoint_every", "log_every", "strategy",
-                                            "resolved_task_map", "resolved_conv_impl",
-                                            "data_dir", "cache_dir", "workdir"))
+                             allow_changed=RESUMABLE_CHANGES)
 
     params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example))
     optimizer = maml.outer_optimizer(config.meta_lr, config.grad_clip)
