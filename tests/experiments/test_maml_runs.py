@@ -127,8 +127,12 @@ def _omniglot_config(tmp_path, **overrides):
     return runner.MamlRunConfig(**base)
 
 
-def test_omniglot_from_official_zip_layout_writes_valid_results(tmp_path):
-    results = runner.train_and_evaluate(_omniglot_config(tmp_path))
+@pytest.mark.parametrize("bn_mode", ["transductive", "running"])
+def test_omniglot_from_official_zip_layout_writes_valid_results(tmp_path, bn_mode):
+    results = runner.train_and_evaluate(_omniglot_config(tmp_path, bn_mode=bn_mode))
+    assert results["bn_mode"] == bn_mode
+    state = runner.restore_train_state(_omniglot_config(tmp_path, bn_mode=bn_mode), "best")
+    assert ("batch_stats" in state.model_state) == (bn_mode == "running")
     test = results["test"]
     assert test["metric"] == "accuracy" and test["unit"] == "%"
     assert test["num_tasks"] == 6 and len(test["per_step"]) == 3
