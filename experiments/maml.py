@@ -127,9 +127,12 @@ def main(argv):
     if FLAGS.multihost:
         import jax
         jax.distributed.initialize()
+    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+        # Keep the terminal to the progress bar and the results (--verbosity=0 shows INFO).
+        logging.set_verbosity(logging.WARNING)
     try:
         config = config_from_flags()
-        logging.info("run directory: %s", config.workdir)
+        print(f"run directory: {config.workdir}", flush=True)
         results = runner.train_and_evaluate(config)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
