@@ -85,6 +85,14 @@ def inner_step(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
     return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
 
 
+def _step_fn(loss_fn: LossFn, model_state, x, y, *, inner_lr: float, first_order: bool,
+             remat: bool, train: bool) -> Callable[[Params], Params]:
+    """θ -> θ' for one task's support set, optionally rematerialised."""
+    step = lambda p: inner_step(loss_fn, p, model_state, x, y, inner_lr=inner_lr,
+                                first_order=first_order, train=train)
+    return jax.checkpoint(step) if remat else step
+
+
 def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: float,
                steps: int, first_order: bool = False, remat: bool = False,
                train: bool = True) -> list[Params]:
@@ -108,10 +116,8 @@ def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
     Returns:
       A list of `steps + 1` pytrees: θ, θ'_1, ..., θ'_steps.
     """
-    step = lambda p: inner_step(loss_fn, p, model_state, x, y, inner_lr=inner_lr,
-                                first_order=first_order, train=train)
-    if remat:
-        step = jax.checkpoint(step)
+    step = _step_fn(loss_fn, model_state, x, y, inner_lr=inner_lr, first_order=first_order,
+                    remat=remat, train=train)
     trajectory = [params]
     for _ in range(steps):
         trajectory.append(step(trajectory[-1]))
@@ -128,10 +134,8 @@ def scanned_inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, in
     Returns:
       θ'_steps only (the trajectory is not kept).
     """
-    step = lambda p: inner_step(loss_fn, p, model_state, x, y, inner_lr=inner_lr,
-                                first_order=first_order, train=train)
-    if remat:
-        step = jax.checkpoint(step)
+    step = _step_fn(loss_fn, model_state, x, y, inner_lr=inner_lr, first_order=first_order,
+                    remat=remat, train=train)
     adapted, _ = jax.lax.scan(lambda p, _: (step(p), None), params, None, length=steps)
     return adapted
 

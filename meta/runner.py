@@ -158,7 +158,6 @@ class _Data:
     def __init__(self, config: MamlRunConfig, mesh):
         self.in_step_sampler = None
         self.config = config
-        self.mesh = mesh
         b = config.meta_batch_size
         if config.dataset == "sinusoid":
             root = jax.random.PRNGKey(config.seed)
