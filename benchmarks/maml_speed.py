@@ -48,6 +48,8 @@ flags.DEFINE_integer("inner_steps", None, "Override the config's inner steps.")
 flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step.")
 flags.DEFINE_bool("scan", False, "Inner steps in a lax.scan instead of unrolled.")
 flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
+flags.DEFINE_bool("malloc_tuning", True,
+                  "Restart with glibc malloc tunables, as the entry points do (core/runtime.py).")
 flags.DEFINE_bool("table", False, "Run a grid of configurations in subprocesses.")
 flags.DEFINE_list("table_configs", ["sinusoid", "omniglot", "omniglot_train", "omniglot20"],
                   "Configs of --table.")
@@ -90,6 +92,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     import jax
 
     from core import networks
+    from core import runtime
     from core.losses import classification_loss, regression_loss, split_variables
     from meta import maml
     from meta import task_map as task_map_lib
@@ -125,12 +128,14 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     for _ in range(warmup):
         state, metrics = compiled(state, tasks)
     jax.block_until_ready(state)
-    times = []
+    times, faults = [], []
     for _ in range(steps):
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         state, metrics = compiled(state, tasks)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
     sec = statistics.median(times)
     return {
         "config": config, "order": "first" if first_order else "second",
@@ -142,6 +147,9 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
         # XLA's own buffers for one step (compiler memory excluded, unlike peak RSS).
         "xla_temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
         "xla_peak_mb": getattr(memory, "peak_memory_in_bytes", 0) / 2**20 if memory else None,
+        # Page faults per step: ~250k without the malloc tunables (core/runtime.py).
+        "minor_faults_per_step": statistics.median(faults),
+        "malloc_tuned": runtime.malloc_tunables_active(),
         "steps": steps, "loss": float(metrics["loss"]),
     }
 
@@ -159,6 +167,7 @@ def _table() -> None:
                 cmd = [sys.executable, "-m", "benchmarks.maml_speed", f"--config={config}",
                        f"--strategy={strategy}", f"--steps={FLAGS.steps}",
                        f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads}",
+                       f"--malloc_tuning={FLAGS.malloc_tuning}",
                        "--first_order" if first_order else "--nofirst_order"]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
@@ -184,6 +193,8 @@ def _row(r: dict) -> str:
 
 def main(argv):
     del argv
+    from core import runtime
+    runtime.reexec_with_malloc_tunables(FLAGS.malloc_tuning)
     _pin_threads(FLAGS.threads)
     if FLAGS.table:
         _table()

@@ -122,7 +122,7 @@ def collect_versions() -> dict[str, Any]:
         A JSON-serializable dict with the python and library versions
         (jax, jaxlib, flax, optax, orbax-checkpoint, numpy; None when a package
         is not installed) and `platform`, `device_kind`, `device_count`,
-        `process_count` and `hostname`.
+        `process_count`, `hostname` and `glibc_tunables` (see `core.runtime`).
     """
     versions: dict[str, Any] = {'python': platform.python_version()}
     for package in _PACKAGES:
@@ -136,6 +136,7 @@ def collect_versions() -> dict[str, Any]:
         device_count=jax.device_count(),
         process_count=jax.process_count(),
         hostname=socket.gethostname(),
+        glibc_tunables=os.environ.get('GLIBC_TUNABLES'),
     )
     return versions
 

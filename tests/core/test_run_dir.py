@@ -12,7 +12,8 @@ from core.errors import ConfigError, DataError
 def test_collect_versions_has_expected_keys():
     versions = run_dir.collect_versions()
     for key in ('python', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
-                'platform', 'device_kind', 'device_count', 'process_count', 'hostname'):
+                'platform', 'device_kind', 'device_count', 'process_count', 'hostname',
+                'glibc_tunables'):
         assert key in versions, key
     assert versions['jax'] and versions['device_count'] >= 1
     json.dumps(versions)
