@@ -140,7 +140,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
-        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": scan, "backend": jax.default_backend(),
+        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": scan or remat, "backend": jax.default_backend(),
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
         "gflop_per_step": flops / 1e9, "gflops_per_s": flops / 1e9 / sec,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

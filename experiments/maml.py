@@ -53,7 +53,8 @@ flags.DEFINE_float("meta_lr", _D.meta_lr, "beta: Adam step size of the meta-upda
 flags.DEFINE_float("grad_clip", None, "Clip meta-gradient entries to [-c, c] (mini-ImageNet: 10).")
 flags.DEFINE_integer("num_steps", _D.num_steps, "Meta-training iterations.")
 flags.DEFINE_bool("first_order", _D.first_order, "First-order MAML (no second derivatives).")
-flags.DEFINE_bool("remat", _D.remat, "Recompute inner-step activations (memory flat in steps).")
+flags.DEFINE_bool("remat", _D.remat, "Recompute inner-step activations in the backward pass; runs the "
+                  "inner steps in a lax.scan (memory flat in --inner_steps).")
 flags.DEFINE_bool("scan_inner_loop", _D.scan_inner_loop,
                   "Inner steps in a lax.scan (compile time flat in --inner_steps).")
 flags.DEFINE_integer("eval_tasks", _D.eval_tasks, "Fixed test tasks for the final evaluation.")
