@@ -45,7 +45,7 @@ flags.DEFINE_string("strategy", "auto", "Task map and convolution (meta.task_map
 flags.DEFINE_integer("steps", 20, "Timed meta-steps (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed meta-steps after compilation.")
 flags.DEFINE_integer("inner_steps", None, "Override the config's inner steps.")
-flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step.")
+flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step (runs them in a lax.scan).")
 flags.DEFINE_bool("scan", False, "Inner steps in a lax.scan instead of unrolled.")
 flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
 flags.DEFINE_bool("malloc_tuning", True,
@@ -84,6 +84,26 @@ def _random_tasks(cfg: dict, image: bool):
     labels = lambda n: jnp.asarray(np.tile(np.arange(ways), (b, n // ways)), jnp.int32)
     return Episode(jnp.asarray(rng.random((b, s, 28, 28, 1)), jnp.float32), labels(s),
                    jnp.asarray(rng.random((b, q, 28, 28, 1)), jnp.float32), labels(q))
+
+
+def matmul_peak_gflops(size: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of one jitted f32 [size, size] @ [size, size] matmul (median of `reps`).
+
+    This is the yardstick for `gflops_per_s`: what XLA:CPU's best kernel reaches
+    on this machine with the same threads.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: int,
@@ -137,12 +157,17 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
         times.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
     sec = statistics.median(times)
+    # XLA's cost analysis counts a while-loop body once, so a scanned inner loop
+    # (--scan, --remat) would be under-counted: no FLOP figure for those.
+    looped = scan or remat
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
         "inner_steps": cfg["inner_steps"], "remat": remat, "scan": scan or remat, "backend": jax.default_backend(),
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
-        "gflop_per_step": flops / 1e9, "gflops_per_s": flops / 1e9 / sec,
+        "gflop_per_step": None if looped else flops / 1e9,
+        "gflops_per_s": None if looped else flops / 1e9 / sec,
+        "matmul_peak_gflops": matmul_peak_gflops(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         # XLA's own buffers for one step (compiler memory excluded, unlike peak RSS).
         "xla_temp_mb": memory.temp_size_in_bytes / 2**20 if memory else None,
@@ -180,15 +205,19 @@ def _table() -> None:
 
 
 def _header() -> str:
-    return ("| config | order | strategy | s/step | compile s | GFLOP/step | GFLOP/s | peak RSS MB "
-            "| XLA temp MB |\n|---|---|---|---|---|---|---|---|---|")
+    return ("| config | order | strategy | s/step | compile s | GFLOP/step | GFLOP/s "
+            "| matmul peak GFLOP/s | peak RSS MB | XLA temp MB |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _row(r: dict) -> str:
     return (f"| {r['config']} | {r['order']} | {r['strategy']} ({r['task_map']}, "
             f"{r['conv_impl']}) | {r['sec_per_step']:.4f} | {r['compile_s']:.1f} | "
-            f"{r['gflop_per_step']:.2f} | {r['gflops_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['xla_temp_mb'] or 0:.0f} |")
+            f"{_num(r['gflop_per_step'], 2)} | {_num(r['gflops_per_s'], 1)} | "
+            f"{r['matmul_peak_gflops']:.0f} | {r['peak_rss_mb']:.0f} | {_num(r['xla_temp_mb'], 0)} |")
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv):

@@ -139,3 +139,24 @@ def test_config_rejects_bad_values():
         maml.MamlConfig(inner_lr=0.1, inner_steps=0)
     with pytest.raises(ValueError, match="inner_lr"):
         maml.MamlConfig(inner_lr=0.0)
+
+
+def _xla_temp_bytes(inner_steps, remat):
+    model = networks.MLP(hidden=(64, 64), outputs=1)
+    rng = np.random.default_rng(0)
+    draw = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    tasks = Episode(draw(4, 512, 1), draw(4, 512, 1), draw(4, 512, 1), draw(4, 512, 1))
+    loss_fn = regression_loss(model)
+    params, state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
+    cfg = maml.MamlConfig(inner_lr=0.01, inner_steps=inner_steps, remat=remat)
+    compiled = jax.jit(lambda p: maml.meta_gradient(loss_fn, p, state, tasks, cfg)[1]
+                       ).lower(params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_remat_keeps_memory_flat_in_inner_steps():
+    """XLA's buffers for the second-order meta-gradient: flat with remat, growing without."""
+    with_remat = [_xla_temp_bytes(k, remat=True) for k in (1, 8)]
+    without = [_xla_temp_bytes(k, remat=False) for k in (1, 8)]
+    assert with_remat[1] <= 1.2 * with_remat[0], with_remat
+    assert without[1] >= 2 * without[0], without
