@@ -73,6 +73,7 @@ def _random_tasks(cfg: dict, image: bool):
     import numpy as np
 
     from core.datasets.episodes import Episode
+    from core.datasets.fake import random_image_episodes
     rng = np.random.default_rng(0)
     b, s, q = cfg["tasks"], cfg["support"], cfg["query"]
     if not image:
@@ -80,10 +81,7 @@ def _random_tasks(cfg: dict, image: bool):
                        jnp.asarray(rng.normal(size=(b, s, 1)), jnp.float32),
                        jnp.asarray(rng.uniform(-5, 5, (b, q, 1)), jnp.float32),
                        jnp.asarray(rng.normal(size=(b, q, 1)), jnp.float32))
-    ways = cfg["ways"]
-    labels = lambda n: jnp.asarray(np.tile(np.arange(ways), (b, n // ways)), jnp.int32)
-    return Episode(jnp.asarray(rng.random((b, s, 28, 28, 1)), jnp.float32), labels(s),
-                   jnp.asarray(rng.random((b, q, 28, 28, 1)), jnp.float32), labels(q))
+    return random_image_episodes(b, cfg["ways"], s, q)
 
 
 def matmul_peak_gflops(size: int = 2048, reps: int = 20) -> float:
@@ -159,11 +157,11 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     sec = statistics.median(times)
     # XLA's cost analysis counts a while-loop body once, so a scanned inner loop
     # (--scan, --remat) would be under-counted: no FLOP figure for those.
-    looped = scan or remat
+    looped = mcfg.scanned
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
-        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": scan or remat, "backend": jax.default_backend(),
+        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": mcfg.scanned, "backend": jax.default_backend(),
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
         "gflop_per_step": None if looped else flops / 1e9,
         "gflops_per_s": None if looped else flops / 1e9 / sec,

@@ -61,6 +61,11 @@ class MamlConfig:
     remat: bool = False
     scan: bool = False
 
+    @property
+    def scanned(self) -> bool:
+        """Whether the inner steps run in a `lax.scan` (`scan`, or implied by `remat`)."""
+        return self.scan or self.remat
+
     def __post_init__(self):
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
@@ -159,7 +164,7 @@ def task_query_loss(loss_fn: LossFn, params: Params, model_state, task, config: 
     Returns:
       (query loss, (new model state, query metrics)).
     """
-    if config.scan or config.remat:
+    if config.scanned:
         adapted = scanned_inner_loop(loss_fn, params, model_state, task.support_x,
                                      task.support_y, inner_lr=config.inner_lr,
                                      steps=config.inner_steps, first_order=config.first_order,

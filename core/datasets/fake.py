@@ -1,5 +1,8 @@
 """Tiny fake Omniglot and mini-ImageNet datasets in the official file formats.
 
+Also `random_image_episodes`: random images of the right shapes, already
+stacked as a meta-batch, for benchmarks and tests that need no files.
+
 For tests: the files written here are read by the real loaders
 (`load_omniglot`, `load_miniimagenet`) exactly like the official data, but
 hold only a handful of classes so that tests run in well under a second.
@@ -10,13 +13,41 @@ import io
 import os
 import zipfile
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from core.datasets.episodes import Episode
 from core.datasets.omniglot import OMNIGLOT_ZIP_NAMES
 
-__all__ = ['write_fake_omniglot', 'write_fake_miniimagenet']
+__all__ = ['write_fake_omniglot', 'write_fake_miniimagenet', 'random_image_episodes']
+
+
+def random_image_episodes(num_tasks: int, ways: int, support: int, query: int,
+                          image_shape: tuple[int, ...] = (28, 28, 1), seed: int = 0) -> Episode:
+    """A meta-batch of uniform-random images with balanced labels.
+
+    Args:
+      num_tasks: tasks in the meta-batch.
+      ways: classes per task; labels cycle through 0..ways-1.
+      support: support examples per task (a multiple of `ways`).
+      query: query examples per task (a multiple of `ways`).
+      image_shape: shape of one image.
+      seed: numpy seed; the support images are drawn before the query images.
+
+    Returns:
+      An `Episode` of float32 images [num_tasks, n, *image_shape] and int32
+      labels [num_tasks, n].
+    """
+    if support % ways or query % ways:
+        raise ValueError(f"support ({support}) and query ({query}) must be multiples of "
+                         f"ways ({ways})")
+    rng = np.random.default_rng(seed)
+    images = lambda n: jnp.asarray(rng.random((num_tasks, n) + tuple(image_shape)), jnp.float32)
+    labels = lambda n: jnp.asarray(np.tile(np.arange(ways), (num_tasks, n // ways)), jnp.int32)
+    support_x = images(support)
+    return Episode(support_x, labels(support), images(query), labels(query))
 
 
 def write_fake_omniglot(root_dir: str, n_alphabets: int = 2,

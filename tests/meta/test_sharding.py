@@ -11,7 +11,7 @@ import pytest
 
 from core import mesh as mesh_lib
 from core import networks
-from core.datasets.episodes import Episode
+from core.datasets.fake import random_image_episodes
 from core.losses import classification_loss, split_variables
 from meta import maml
 
@@ -23,11 +23,7 @@ def test_sharded_meta_step_equals_single_device(strategy):
     task_map, conv_impl = strategy
     model = networks.Conv4(outputs=3, filters=8, conv_impl=conv_impl)
     loss_fn = classification_loss(model)
-    rng = np.random.default_rng(0)
-    tasks = Episode(jnp.asarray(rng.random((4, 3, 28, 28, 1)), jnp.float32),
-                    jnp.asarray(np.tile(np.arange(3), (4, 1)), jnp.int32),
-                    jnp.asarray(rng.random((4, 6, 28, 28, 1)), jnp.float32),
-                    jnp.asarray(np.tile(np.arange(3), (4, 2)), jnp.int32))
+    tasks = random_image_episodes(num_tasks=4, ways=3, support=3, query=6)
     params, model_state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
     cfg = maml.MamlConfig(inner_lr=0.4)
     grad_fn = lambda p, t: maml.meta_gradient(loss_fn, p, model_state, t, cfg, task_map)

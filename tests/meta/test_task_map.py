@@ -4,12 +4,11 @@ import functools
 
 import jax
 import jax.flatten_util
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from core import networks
-from core.datasets.episodes import Episode
+from core.datasets.fake import random_image_episodes
 from core.losses import classification_loss, split_variables
 from meta import maml
 from meta import task_map
@@ -17,11 +16,7 @@ from meta import task_map
 
 def _conv_problem(conv_impl):
     model = networks.Conv4(outputs=3, filters=8, spatial_pool="flatten", conv_impl=conv_impl)
-    rng = np.random.default_rng(0)
-    tasks = Episode(jnp.asarray(rng.random((2, 3, 16, 16, 1)), jnp.float32),
-                    jnp.asarray(np.tile(np.arange(3), (2, 1)), jnp.int32),
-                    jnp.asarray(rng.random((2, 6, 16, 16, 1)), jnp.float32),
-                    jnp.asarray(np.tile(np.arange(3), (2, 2)), jnp.int32))
+    tasks = random_image_episodes(num_tasks=2, ways=3, support=3, query=6, image_shape=(16, 16, 1))
     params, state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
     return classification_loss(model), params, state, tasks
 
