@@ -143,7 +143,10 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     state = maml.init_train_state(params, model_state, optimizer)
     mcfg = maml.MamlConfig(inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                            first_order=first_order, remat=remat, scan=scan)
-    step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, mcfg, task_map))
+    def jit_step(maml_config: maml.MamlConfig):
+        return jax.jit(maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map))
+
+    step = jit_step(mcfg)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks).compile()
@@ -168,8 +171,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
         # unrolled, from the lowered (not compiled) program. Remat's recomputation
         # is not counted, so GFLOP/s is then the rate of useful FLOPs.
         unrolled = dataclasses.replace(mcfg, scan=False, remat=False)
-        flops = _flops(jax.jit(maml.make_meta_train_step(loss_fn, optimizer, unrolled, task_map))
-                       .lower(state, tasks).cost_analysis())
+        flops = _flops(jit_step(unrolled).lower(state, tasks).cost_analysis())
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
