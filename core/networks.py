@@ -34,11 +34,17 @@ class BatchNorm(nn.Module):
       mode: 'transductive' or 'running' (see the module docstring).
       momentum: running-average decay in 'running' mode.
       epsilon: added to the variance.
+      fast_variance: compute the batch variance in one pass as
+        E[x^2] - E[x]^2 (clipped at 0), as `flax.linen.BatchNorm` does by
+        default; False uses the two-pass E[(x - E[x])^2], which is more
+        accurate when |mean| >> std but ~12% slower for a first-order MAML
+        step on CPU (benchmarks/README.md).
     """
 
     mode: str = "transductive"
     momentum: float = 0.9
     epsilon: float = 1e-5
+    fast_variance: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -54,7 +60,10 @@ class BatchNorm(nn.Module):
             ra_var = self.variable("batch_stats", "var", jnp.ones, (features,))
         if use_batch_stats:
             mean = jnp.mean(x, axes)
-            var = jnp.mean(jnp.square(x - mean), axes)
+            if self.fast_variance:
+                var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+            else:
+                var = jnp.mean(jnp.square(x - mean), axes)
             if self.mode == "running" and train and not self.is_initializing():
                 if self.is_mutable_collection("batch_stats"):
                     stats_mean = jax.lax.stop_gradient(mean)
@@ -63,8 +72,7 @@ class BatchNorm(nn.Module):
                     ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stats_var
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return y * scale + bias
+        return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
 
 
 class Conv2D(nn.Module):
@@ -106,12 +114,14 @@ class MLP(nn.Module):
       outputs: width of the output layer.
       batch_norm: whether to normalise each hidden layer.
       bn_mode: batch-norm mode when `batch_norm`.
+      bn_fast_variance: `BatchNorm.fast_variance`.
     """
 
     hidden: Sequence[int] = (40, 40)
     outputs: int = 1
     batch_norm: bool = False
     bn_mode: str = "transductive"
+    bn_fast_variance: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
@@ -120,7 +130,7 @@ class MLP(nn.Module):
         for width in self.hidden:
             x = nn.Dense(width, kernel_init=self.kernel_init)(x)
             if self.batch_norm:
-                x = BatchNorm(mode=self.bn_mode)(x, train)
+                x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance)(x, train)
             x = nn.relu(x)
         return nn.Dense(self.outputs, kernel_init=self.kernel_init)(x)
 
@@ -140,6 +150,7 @@ class Conv4(nn.Module):
       max_pool: 2x2 max-pool after each block instead of stride-2 convolutions.
       spatial_pool: 'mean' or 'flatten' before the output layer.
       bn_mode: batch-norm mode (`BN_MODES`).
+      bn_fast_variance: `BatchNorm.fast_variance`.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
     """
 
@@ -148,6 +159,7 @@ class Conv4(nn.Module):
     max_pool: bool = False
     spatial_pool: str = "mean"
     bn_mode: str = "transductive"
+    bn_fast_variance: bool = True
     conv_impl: str = "xla"
 
     @nn.compact
@@ -155,7 +167,7 @@ class Conv4(nn.Module):
         strides = (1, 1) if self.max_pool else (2, 2)
         for _ in range(4):
             x = Conv2D(self.filters, (3, 3), strides, impl=self.conv_impl)(x)
-            x = BatchNorm(mode=self.bn_mode)(x, train)
+            x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance)(x, train)
             x = nn.relu(x)
             if self.max_pool:
                 x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
