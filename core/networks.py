@@ -37,8 +37,8 @@ class BatchNorm(nn.Module):
       fast_variance: compute the batch variance in one pass as
         E[x^2] - E[x]^2 (clipped at 0), as `flax.linen.BatchNorm` does by
         default; False uses the two-pass E[(x - E[x])^2], which is more
-        accurate when |mean| >> std but ~12% slower for a first-order MAML
-        step on CPU (benchmarks/README.md).
+        accurate when |mean| >> std but slower: ~8% on the first-order
+        Omniglot MAML step on CPU (docs/results.md, issue 3 section).
     """
 
     mode: str = "transductive"
@@ -72,7 +72,10 @@ class BatchNorm(nn.Module):
                     ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stats_var
         else:
             mean, var = ra_mean.value, ra_var.value
-        return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+        # x * a + b rather than (x - mean) * a + bias: the same rounding (of
+        # order |mean| / std * eps), without a centred copy of x in memory.
+        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        return x * a + (bias - mean * a)
 
 
 class Conv2D(nn.Module):
