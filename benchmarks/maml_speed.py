@@ -52,6 +52,8 @@ flags.DEFINE_integer("inner_steps", None, "Override the config's inner steps.")
 flags.DEFINE_bool("remat", False, "jax.checkpoint around each inner step (runs them in a lax.scan).")
 flags.DEFINE_bool("scan", None, "Inner steps in a lax.scan instead of unrolled (default: the "
                   "config's choice).")
+flags.DEFINE_bool("bn_fast_variance", True, "One-pass batch-norm variance (core.networks."
+                  "BatchNorm.fast_variance); --nobn_fast_variance times the two-pass one.")
 flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
 flags.DEFINE_bool("malloc_tuning", True,
                   "Restart with glibc malloc tunables, as the entry points do (core/runtime.py).")
@@ -110,10 +112,12 @@ def matmul_peak_gflops(size: int = 2048, reps: int = 20) -> float:
 
 
 def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: int,
-            inner_steps: int | None, remat: bool, scan: bool | None = None) -> dict:
+            inner_steps: int | None, remat: bool, scan: bool | None = None,
+            bn_fast_variance: bool = True) -> dict:
     """Compiles and times one jitted meta-step (meta-gradient + Adam).
 
-    `inner_steps` and `scan` override the config's when not None.
+    `inner_steps` and `scan` override the config's when not None;
+    `bn_fast_variance` is the Conv4's `BatchNorm.fast_variance`.
     """
     import jax
 
@@ -132,7 +136,8 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     image = config != "sinusoid"
     if image:
         model = networks.omniglot_conv4(cfg["ways"], conv_impl=conv_impl,
-                                        spatial_pool="flatten")
+                                        spatial_pool="flatten",
+                                        bn_fast_variance=bn_fast_variance)
         loss_fn = classification_loss(model)
     else:
         model = networks.sinusoid_mlp()
@@ -175,7 +180,8 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     return {
         "config": config, "order": "first" if first_order else "second",
         "strategy": strategy, "task_map": task_map, "conv_impl": conv_impl,
-        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": mcfg.scanned, "backend": jax.default_backend(),
+        "inner_steps": cfg["inner_steps"], "remat": remat, "scan": mcfg.scanned,
+        "bn_fast_variance": bn_fast_variance if image else None, "backend": jax.default_backend(),
         "sec_per_step": sec, "min_sec_per_step": min(times), "compile_s": compile_s,
         "gflop_per_step": flops / 1e9,
         "gflops_per_s": flops / 1e9 / sec,
@@ -247,7 +253,8 @@ def main(argv):
         _table()
         return
     result = measure(FLAGS.config, FLAGS.first_order, FLAGS.strategy, FLAGS.steps,
-                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat, FLAGS.scan)
+                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat, FLAGS.scan,
+                     FLAGS.bn_fast_variance)
     print(_header() + "\n" + _row(result))
     print(json.dumps(result))
 

@@ -37,7 +37,7 @@ class BatchNorm(nn.Module):
       fast_variance: compute the batch variance in one pass as
         E[x^2] - E[x]^2 (clipped at 0), as `flax.linen.BatchNorm` does by
         default; False uses the two-pass E[(x - E[x])^2], which is more
-        accurate when |mean| >> std but slower: ~8% on the first-order
+        accurate when |mean| >> std but slower: 3-8% on the first-order
         Omniglot MAML step on CPU (docs/results.md, issue 3 section).
     """
 
@@ -184,10 +184,10 @@ class Conv4(nn.Module):
 
 
 def omniglot_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla",
-                   spatial_pool: str = "mean") -> Conv4:
+                   spatial_pool: str = "mean", bn_fast_variance: bool = True) -> Conv4:
     """Finn et al.'s Omniglot network: 4 x [conv 3x3/2, 64, BN, ReLU] on 28x28."""
     return Conv4(outputs=ways, filters=64, max_pool=False, spatial_pool=spatial_pool,
-                 bn_mode=bn_mode, conv_impl=conv_impl)
+                 bn_mode=bn_mode, bn_fast_variance=bn_fast_variance, conv_impl=conv_impl)
 
 
 def miniimagenet_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla") -> Conv4:
