@@ -123,6 +123,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
 
     from core import networks
     from core import runtime
+    from core import train_state
     from core.losses import classification_loss, regression_loss, split_variables
     from meta import maml
     from meta import task_map as task_map_lib
@@ -145,7 +146,7 @@ def measure(config: str, first_order: bool, strategy: str, steps: int, warmup: i
     tasks = _random_tasks(cfg, image)
     params, model_state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
     optimizer = maml.outer_optimizer(1e-3)
-    state = maml.init_train_state(params, model_state, optimizer)
+    state = train_state.create(params, model_state, optimizer)
     mcfg = maml.MamlConfig(inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
                            first_order=first_order, remat=remat, scan=scan)
     def jit_step(maml_config: maml.MamlConfig):

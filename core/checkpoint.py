@@ -171,6 +171,19 @@ class Checkpointer:
         """Blocks until a background save (from `wait=False`) is durable."""
         self._manager.wait_until_finished()
 
+    def _existing_step(self, step: int | None) -> int:
+        """`step`, or the latest one if None, once it is known to be stored."""
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise DataError(f'No checkpoint in {self._directory}.')
+            return steps[-1]
+        if step not in steps:
+            raise DataError(f'No checkpoint for step {step} in {self._directory}; '
+                            f'stored steps: {steps or "none"}.')
+        return step
+
     def restore(self, template: Any, step: int | None = None) -> Any:
         """Restores a saved state.
 
@@ -190,15 +203,7 @@ class Checkpointer:
             ConfigError: If the checkpoint does not match the template (tree
                 structure or shapes differ, e.g. after a model change).
         """
-        self._manager.wait_until_finished()
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise DataError(f'No checkpoint in {self._directory}.')
-            step = steps[-1]
-        elif step not in steps:
-            raise DataError(f'No checkpoint for step {step} in {self._directory}; '
-                            f'stored steps: {steps or "none"}.')
+        step = self._existing_step(step)
         abstract = jax.tree.map(_to_abstract, template)
         try:
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -208,6 +213,30 @@ class Checkpointer:
                 f'current model/optimizer state: {e}\nUse the configuration the run was '
                 f'started with, or a new workdir.') from e
         return jax.tree.map(_like_template, template, restored)
+
+    def restore_as_numpy(self, step: int | None = None) -> Any:
+        """Restores a saved tree as it was saved, without a template.
+
+        For reading another run's parameters (transfer) when the code that
+        built them is not at hand: flax/optax containers come back as dicts
+        and lists, every array as a host numpy array (so no device layout of
+        the saving run is needed).
+
+        Args:
+            step: The step to restore; the latest one if None.
+
+        Returns:
+            The saved tree of numpy arrays.
+
+        Raises:
+            DataError: If there is no checkpoint, or not at `step`.
+        """
+        step = self._existing_step(step)
+        path = self._directory / str(step) / 'default'
+        checkpointer = ocp.PyTreeCheckpointer()
+        tree = checkpointer.metadata(path).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources."""

@@ -18,3 +18,11 @@ class DataError(UserInputError):
 
 class ConfigError(UserInputError):
     """A configuration value is invalid or inconsistent with the data."""
+
+
+class TrainingDiverged(Exception):
+    """Training produced a non-finite loss; the run stopped without results.
+
+    Not a `UserInputError`: the input may be valid and the optimisation
+    unstable. Entry points print its one-line message and exit with status 3.
+    """

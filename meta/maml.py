@@ -20,17 +20,16 @@ form documented in `core.losses`. How the tasks of a meta-batch are mapped
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from core import train_state
 from core.losses import LossFn
+from core.train_state import Params
 from meta import task_map as task_map_lib
-
-Params = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,30 +208,6 @@ def meta_gradient(loss_fn: LossFn, params: Params, model_state, tasks, config: M
         has_aux=True)(params)
 
 
-@flax.struct.dataclass
-class MetaTrainState:
-    """Everything a meta-training run must checkpoint to resume exactly.
-
-    Attributes:
-      step: number of meta-updates done.
-      params: θ.
-      model_state: non-differentiated model collections.
-      opt_state: the outer optimizer's state.
-    """
-
-    step: jax.Array
-    params: Params
-    model_state: Any
-    opt_state: optax.OptState
-
-
-def init_train_state(params: Params, model_state, optimizer: optax.GradientTransformation
-                     ) -> MetaTrainState:
-    """A fresh `MetaTrainState` at step 0."""
-    return MetaTrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          model_state=model_state, opt_state=optimizer.init(params))
-
-
 def outer_optimizer(meta_lr: float, clip_value: float | None = None) -> optax.GradientTransformation:
     """The paper's meta-optimizer: Adam with step size β.
 
@@ -252,7 +227,7 @@ def outer_optimizer(meta_lr: float, clip_value: float | None = None) -> optax.Gr
 
 def make_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                          config: MamlConfig, task_map: str = "vmap"
-                         ) -> Callable[[MetaTrainState, Any], tuple[MetaTrainState, dict]]:
+                         ) -> train_state.StepFn:
     """Builds one meta-update (paper eq. 3): meta-gradient, then the optimizer.
 
     The returned function is pure and not yet jitted, so the caller can choose
@@ -269,14 +244,11 @@ def make_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformatio
       metrics of the meta-batch after adaptation, and the meta-gradient norm.
     """
 
-    def step(state: MetaTrainState, tasks):
+    def step(state: train_state.TrainState, tasks):
         (loss, (model_state, metrics)), grads = meta_gradient(
             loss_fn, state.params, state.model_state, tasks, config, task_map)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        new_state = MetaTrainState(step=state.step + 1, params=params,
-                                   model_state=model_state, opt_state=opt_state)
-        return new_state, metrics
+        return train_state.apply_gradients(state, grads, optimizer,
+                                           model_state=model_state), metrics
 
     return step

@@ -20,7 +20,7 @@ def _run(workdir, num_steps, eval_fn=None):
     state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros(())}
     config = train_loop.LoopConfig(num_steps=num_steps, eval_every=4, checkpoint_every=3,
                                    log_every=2, select_metric="score", select_mode="max")
-    with MetricsWriter(workdir, resume_step=train_loop.resume_step(ckpt)) as writer:
+    with MetricsWriter(workdir, resume_step=ckpt.latest_step()) as writer:
         result = train_loop.run(config, state, _step, lambda i: jnp.float32(i % 5), writer=writer,
                                 checkpointer=ckpt, best_checkpointer=best, eval_fn=eval_fn,
                                 progress=False)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from core import experiment
 from core.datasets.fake import write_fake_omniglot
 from core.metrics import read_metrics
 from meta import runner
@@ -27,12 +28,20 @@ def _sinusoid_config(workdir, **overrides):
     return runner.MamlRunConfig(**base)
 
 
+def _train(config):
+    return experiment.train_and_evaluate(config, runner.build)
+
+
+def _state(config, which):
+    return experiment.load_train_state(config.workdir, which)
+
+
 def _metrics_without_time(workdir):
     return [{k: v for k, v in row.items() if k != "time"} for row in read_metrics(workdir)]
 
 
 def test_sinusoid_run_writes_valid_results(tmp_path):
-    results = runner.train_and_evaluate(_sinusoid_config(tmp_path / "run"))
+    results = _train(_sinusoid_config(tmp_path / "run"))
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["test"] == results["test"]
     assert set(on_disk) >= {"dataset", "ways", "shots", "steps", "wall_seconds", "test",
@@ -52,26 +61,26 @@ def test_sinusoid_run_writes_valid_results(tmp_path):
 
 
 def test_same_seed_gives_bit_identical_parameters_and_evaluation(tmp_path):
-    a = runner.train_and_evaluate(_sinusoid_config(tmp_path / "a"))
-    b = runner.train_and_evaluate(_sinusoid_config(tmp_path / "b"))
+    a = _train(_sinusoid_config(tmp_path / "a"))
+    b = _train(_sinusoid_config(tmp_path / "b"))
     assert a["test"]["per_step"] == b["test"]["per_step"]
-    state_a = runner.restore_train_state(_sinusoid_config(tmp_path / "a"), "latest")
-    state_b = runner.restore_train_state(_sinusoid_config(tmp_path / "b"), "latest")
-    chex.assert_trees_all_equal(state_a.params, state_b.params)
-    runner.train_and_evaluate(_sinusoid_config(tmp_path / "c", seed=1))
-    state_c = runner.restore_train_state(_sinusoid_config(tmp_path / "c", seed=1), "latest")
-    assert not np.array_equal(state_a.params["Dense_0"]["kernel"],
-                              state_c.params["Dense_0"]["kernel"])
+    state_a = _state(_sinusoid_config(tmp_path / "a"), "latest")
+    state_b = _state(_sinusoid_config(tmp_path / "b"), "latest")
+    chex.assert_trees_all_equal(state_a["params"], state_b["params"])
+    _train(_sinusoid_config(tmp_path / "c", seed=1))
+    state_c = _state(_sinusoid_config(tmp_path / "c", seed=1), "latest")
+    assert not np.array_equal(state_a["params"]["Dense_0"]["kernel"],
+                              state_c["params"]["Dense_0"]["kernel"])
 
 
 def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
-    full = runner.train_and_evaluate(_sinusoid_config(tmp_path / "full"))
-    runner.train_and_evaluate(_sinusoid_config(tmp_path / "split", num_steps=10))
-    resumed = runner.train_and_evaluate(_sinusoid_config(tmp_path / "split"))
+    full = _train(_sinusoid_config(tmp_path / "full"))
+    _train(_sinusoid_config(tmp_path / "split", num_steps=10))
+    resumed = _train(_sinusoid_config(tmp_path / "split"))
     assert resumed["test"]["per_step"] == full["test"]["per_step"]
     chex.assert_trees_all_equal(
-        runner.restore_train_state(_sinusoid_config(tmp_path / "full"), "latest"),
-        runner.restore_train_state(_sinusoid_config(tmp_path / "split"), "latest"))
+        _state(_sinusoid_config(tmp_path / "full"), "latest"),
+        _state(_sinusoid_config(tmp_path / "split"), "latest"))
     assert _metrics_without_time(tmp_path / "full") == [
         row for row in _metrics_without_time(tmp_path / "split")
         if not (row["split"] == "test" and row["step"] == 10)]
@@ -129,10 +138,10 @@ def _omniglot_config(tmp_path, **overrides):
 
 @pytest.mark.parametrize("bn_mode", ["transductive", "running"])
 def test_omniglot_from_official_zip_layout_writes_valid_results(tmp_path, bn_mode):
-    results = runner.train_and_evaluate(_omniglot_config(tmp_path, bn_mode=bn_mode))
+    results = _train(_omniglot_config(tmp_path, bn_mode=bn_mode))
     assert results["bn_mode"] == bn_mode
-    state = runner.restore_train_state(_omniglot_config(tmp_path, bn_mode=bn_mode), "best")
-    assert ("batch_stats" in state.model_state) == (bn_mode == "running")
+    state = _state(_omniglot_config(tmp_path, bn_mode=bn_mode), "best")
+    assert ("batch_stats" in state["model_state"]) == (bn_mode == "running")
     test = results["test"]
     assert test["metric"] == "accuracy" and test["unit"] == "%"
     assert test["num_tasks"] == 6 and len(test["per_step"]) == 3
@@ -146,9 +155,9 @@ def test_omniglot_from_official_zip_layout_writes_valid_results(tmp_path, bn_mod
 
 def test_changed_hyperparameter_on_resume_is_refused(tmp_path):
     from core.errors import ConfigError
-    runner.train_and_evaluate(_sinusoid_config(tmp_path / "run", num_steps=5))
+    _train(_sinusoid_config(tmp_path / "run", num_steps=5))
     with pytest.raises(ConfigError, match="inner_lr"):
-        runner.train_and_evaluate(_sinusoid_config(tmp_path / "run", inner_lr=0.5))
+        _train(_sinusoid_config(tmp_path / "run", inner_lr=0.5))
 
 
 @pytest.mark.parametrize("case", ["missing_data_dir", "no_data_dir_flag", "corrupt_zip",
@@ -183,7 +192,8 @@ def test_bad_input_gives_one_clear_error(tmp_path, case):
 
 def test_devices_default_to_all_that_split_the_meta_batch(tmp_path):
     assert len(jax.devices()) == 4  # tests/conftest.py
-    choose = lambda **kw: runner._choose_devices(_sinusoid_config(tmp_path, **kw))
+    choose = lambda **kw: experiment.choose_devices(
+        _sinusoid_config(tmp_path, **kw).sharded_batch(), kw.get("num_devices"))
     assert len(choose(num_devices=None, meta_batch_size=8)) == 4
     assert len(choose(num_devices=None, meta_batch_size=6)) == 3
     assert len(choose(num_devices=None, meta_batch_size=5)) == 1
@@ -191,3 +201,22 @@ def test_devices_default_to_all_that_split_the_meta_batch(tmp_path):
     from core.errors import ConfigError
     with pytest.raises(ConfigError, match="num_devices"):
         choose(num_devices=9)
+
+
+def test_diverged_training_exits_3_and_writes_no_results(tmp_path):
+    proc = _cli(f"--workdir={tmp_path / 'run'}", "--shots=5", "--query=5",
+                "--meta_batch_size=4", "--num_steps=50", "--eval_every=0",
+                "--checkpoint_every=10", "--meta_lr=1e30", "--eval_tasks=4")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the training loss is nan at step ")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_held_workdir_is_refused_with_the_holder(tmp_path):
+    from core import run_lock
+    with run_lock.hold(str(tmp_path / "run")):
+        proc = _cli(f"--workdir={tmp_path / 'run'}", "--num_steps=2")
+    assert proc.returncode == 2
+    assert f"in use by process {os.getpid()}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from core import networks
+from core import train_state as train_state_lib
 from core.datasets.episodes import Episode
 from core.losses import regression_loss, split_variables
 from meta import maml
@@ -113,7 +114,7 @@ def test_meta_train_step_reduces_meta_loss_and_counts_steps():
     loss_fn, params, state, tasks = _tiny_mlp_problem()
     optimizer = maml.outer_optimizer(1e-2)
     cfg = maml.MamlConfig(inner_lr=0.05)
-    train_state = maml.init_train_state(params, state, optimizer)
+    train_state = train_state_lib.create(params, state, optimizer)
     step = jax.jit(maml.make_meta_train_step(loss_fn, optimizer, cfg))
     before = float(maml.meta_loss(loss_fn, params, state, tasks, cfg)[0])
     for _ in range(100):

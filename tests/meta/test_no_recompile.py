@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from core import networks
+from core import train_state
 from core.datasets import sinusoid
 from core.losses import regression_loss, split_variables
 from meta import evaluation
@@ -17,7 +18,7 @@ def test_meta_step_and_evaluation_compile_once():
     loss_fn = regression_loss(model)
     params, model_state = split_variables(model.init(jax.random.PRNGKey(0), jnp.zeros((5, 1))))
     optimizer = maml.outer_optimizer(1e-3)
-    state = maml.init_train_state(params, model_state, optimizer)
+    state = train_state.create(params, model_state, optimizer)
     sample = lambda i: sinusoid.sample_tasks(jax.random.PRNGKey(i), 4, 5, 5)
 
     step = jax.jit(chex.assert_max_traces(
