@@ -86,6 +86,9 @@ class MamlRunConfig(experiment.RunConfig):
     bn_mode: str = option("transductive", "Batch norm: batch statistics at test too (as the "
                                           "reference code), or running statistics at test.",
                           choices=networks.BN_MODES)
+    bn_fast_variance: bool = option(True, "Batch-norm variance in one pass, E[x^2] - E[x]^2 "
+                                          "(as flax); --nobn_fast_variance: two-pass, more "
+                                          "accurate when |mean| >> std.")
     network: str = option("auto", "auto: MLP for sinusoid, Conv4 for images.", choices=NETWORKS)
     strategy: str = option("auto", "How tasks are mapped and convolutions computed; auto picks "
                                    "per backend.", choices=task_map_lib.STRATEGIES,
@@ -149,11 +152,14 @@ def build_model(config: MamlRunConfig, conv_impl: str):
     example = jnp.zeros((config.ways * config.shots, size, size, channels))
     if network == "mlp":
         model = networks.MLP(hidden=(256, 128, 64, 64), outputs=config.ways, batch_norm=True,
-                             bn_mode=config.bn_mode)
+                             bn_mode=config.bn_mode, bn_fast_variance=config.bn_fast_variance)
     elif config.dataset == "omniglot":
-        model = networks.omniglot_conv4(config.ways, config.bn_mode, conv_impl)
+        model = networks.omniglot_conv4(config.ways, config.bn_mode, conv_impl,
+                                        bn_fast_variance=config.bn_fast_variance)
     else:
-        model = networks.miniimagenet_conv4(config.ways, config.bn_mode, conv_impl)
+        model = dataclasses.replace(networks.miniimagenet_conv4(config.ways, config.bn_mode,
+                                                                conv_impl),
+                                    bn_fast_variance=config.bn_fast_variance)
     return model, classification_loss(model), example
 
 
