@@ -1,4 +1,7 @@
-"""Few-shot datasets (Omniglot, mini-ImageNet) and the episode sampler.
+"""Datasets: few-shot (Omniglot, mini-ImageNet, the episode sampler) and supervised.
+
+Supervised sources (MNIST, Fashion-MNIST, prepared TFDS datasets) are read by
+`core.datasets.supervised.load_supervised` into `core.datasets.arrays.Arrays`.
 
 Test helpers that write tiny fake datasets live in `core.datasets.fake` and
 are not imported here.
