@@ -1,11 +1,11 @@
 """Process settings that make XLA:CPU fast: glibc's malloc tunables.
 
-XLA:CPU allocates an executable's temporary buffers afresh on every call: a
-MAML meta-step on Omniglot needs ~0.9 GB of them. glibc serves each block over
-32 MB with a new `mmap` and unmaps it on `free`, so every step page-faults
-about 1 GB of freshly zeroed 4 KB pages. On our 2-core CPU that is ~250,000
-page faults and ~0.4 s of a ~1.5 s second-order meta-step (measured with
-`getrusage` around the step; `benchmarks/maml_speed.py` reports both).
+XLA:CPU allocates an executable's temporary buffers afresh on every call, and
+a MAML meta-step on Omniglot needs about a gigabyte of them. glibc serves each
+block over 32 MB with a new `mmap` and unmaps it on `free`, so every step
+page-faults all of it in again as freshly zeroed 4 KB pages: a large share of
+a second-order meta-step on a 2-core CPU (measured with `getrusage` around the
+step: docs/results.md; `benchmarks/maml_speed.py` reports both).
 
 Three glibc tunables remove it (`MALLOC_TUNABLES`):
 
@@ -16,7 +16,7 @@ Three glibc tunables remove it (`MALLOC_TUNABLES`):
 * `glibc.malloc.trim_threshold`: never give freed heap memory back to the OS
   (the process keeps its peak footprint, which a training run reaches anyway).
 
-Together they bring the step to ~1,000 faults. `GLIBC_TUNABLES` is read once,
+Together they remove almost all of those faults. `GLIBC_TUNABLES` is read once,
 when a process starts, so the entry points call `reexec_with_malloc_tunables()`
 first thing: it re-executes the same command with the variable set. Values the
 user already put in `GLIBC_TUNABLES` win; `METATRANSFER_MALLOC_TUNING=0` (or

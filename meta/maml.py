@@ -45,9 +45,7 @@ class MamlConfig:
         `inner_steps`: only θ'_k is kept per step. This runs the inner steps
         in a `lax.scan` (it implies `scan`): in an unrolled program XLA is
         free to schedule the recomputation early, and on CPU it does, keeping
-        every step's activations (measured: XLA temp memory of a 5-step
-        Omniglot meta-step 675 MB with or without remat when unrolled, 234 MB
-        scanned, against 211 MB for 1 step; see docs/results.md).
+        every step's activations (measured: docs/results.md, the `--remat` memory table).
       scan: run the inner steps in a `lax.scan` instead of unrolling them, so
         the compiled program (and its compile time) does not grow with
         `inner_steps`. XLA:CPU runs convolutions inside loops slowly
