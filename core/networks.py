@@ -6,22 +6,92 @@ All modules are pure: `variables = net.init(key, x)` gives
 the parameters as an ordinary pytree (MAML adapts a copy per task).
 
 A network is a *trunk* (`core.trunks`: inputs to features [batch, F]) followed
-by a linear *head*, so that transfer and multi-task methods can share, freeze
+by linear *heads*, so that transfer and multi-task methods can share, freeze
 or re-initialise them separately. `Conv4` and `MLP` are a trunk named 'trunk'
-and one Dense named 'head'. Every submodule is named explicitly, so parameter
-paths ('trunk/block0/conv/kernel', 'head/kernel') do not depend on the order
-in which layers are created.
+and one Dense named 'head'; `TrunkAndHeads` puts `Heads` named 'heads' (one
+Dense per task, named by the task) on any trunk. Every submodule is named
+explicitly, so parameter paths ('trunk/block0/conv/kernel', 'head/kernel',
+'heads/digit/kernel') do not depend on the order in which layers are created.
 Batch-norm modes and dropout are described in `core.trunks`.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+from flax.core import FrozenDict
 
 # Re-exported: `networks` stays the one import for building a network.
 from core.trunks import (BN_MODES, BatchNorm, Conv2D, Conv4Trunk, LeNetTrunk,  # noqa: F401
                          MLPTrunk)
+
+
+def _task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
+    """Checks a {task name: output width} mapping; frozen, so the module stays hashable."""
+    if not outputs:
+        raise ValueError(f"{owner} needs at least one task, got {outputs!r}")
+    for task, width in outputs.items():
+        # Identifiers only: no '/', which separates the components of parameter paths.
+        if not isinstance(task, str) or not task.isidentifier():
+            raise ValueError(f"{owner}: task name {task!r} is not a valid module name; use a "
+                             "non-empty Python identifier such as 'digit'")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"{owner}: the output width of task {task!r} must be a positive "
+                             f"integer, got {width!r}")
+    return FrozenDict(outputs)
+
+
+class Heads(nn.Module):
+    """One linear head per task on shared features: {task: Dense(width)(features)}.
+
+    Each head is a Dense named by its task (parameters '<task>/kernel' and
+    '<task>/bias'), so a head is found by its task's name and adding or
+    removing a task leaves the other heads' parameters where they were.
+
+    Attributes:
+      outputs: task name -> output width, e.g. {"digit": 10, "angle": 1} for
+        10 class logits and one regressed value. Names must be Python
+        identifiers (ValueError otherwise); the mapping is stored frozen.
+      kernel_init: initialiser of every head's kernel.
+    """
+
+    outputs: Mapping[str, int]
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    def __post_init__(self):
+        self.outputs = _task_outputs(self.outputs, "Heads")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
+        return {task: nn.Dense(width, kernel_init=self.kernel_init, name=task)(features)
+                for task, width in self.outputs.items()}
+
+
+class TrunkAndHeads(nn.Module):
+    """A trunk ('trunk') and one head per task ('heads', a `Heads`), for multi-task learning.
+
+    `TrunkAndHeads(LeNetTrunk(), {"digit": 10, "angle": 1})` maps a batch of
+    images to {"digit": logits [batch, 10], "angle": [batch, 1]}, with
+    parameters {'trunk': ..., 'heads': {'digit': ..., 'angle': ...}}: shared
+    and task-specific parameters are separate subtrees.
+
+    Attributes:
+      trunk: a module called as `trunk(x, train)` that returns features
+        [batch, F], such as those of `core.trunks`.
+      heads: task name -> output width (`Heads.outputs`).
+    """
+
+    trunk: nn.Module
+    heads: Mapping[str, int]
+
+    def __post_init__(self):
+        self.heads = _task_outputs(self.heads, "TrunkAndHeads")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+        return Heads(self.heads, name="heads")(self.trunk(x, train))
 
 
 class MLP(nn.Module):

@@ -1,9 +1,11 @@
-"""Shapes, parameter paths, batch-norm modes, dropout and trunks of the networks."""
+"""Shapes, parameter paths, batch-norm modes, dropout, trunks and heads of the networks."""
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
@@ -189,6 +191,65 @@ def test_lenet_trunk_shapes_and_conv_impls_agree():
     np.testing.assert_allclose(b.apply(variables, x), ya, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="two convolutions"):
         networks.LeNetTrunk(filters=(6,)).init(jax.random.PRNGKey(0), x)
+
+
+def test_heads_give_one_output_per_task_with_its_width():
+    heads = networks.Heads({"digit": 10, "angle": 1})
+    features = _random((3, 5))
+    variables = heads.init(jax.random.PRNGKey(0), features)
+    assert _paths(variables["params"]) == {"digit/kernel", "digit/bias",
+                                           "angle/kernel", "angle/bias"}
+    out = heads.apply(variables, features)
+    assert set(out) == {"digit", "angle"}
+    assert out["digit"].shape == (3, 10) and out["angle"].shape == (3, 1)
+    angle = variables["params"]["angle"]
+    np.testing.assert_allclose(out["angle"], features @ angle["kernel"] + angle["bias"],
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("outputs, match", [
+    ({"": 2}, "task name"), ({"a/b": 2}, "task name"), ({"1st": 2}, "task name"),
+    ({3: 2}, "task name"), ({}, "at least one task"), ({"digit": 0}, "positive integer"),
+    ({"digit": 2.0}, "positive integer")])
+def test_bad_task_names_and_widths_are_rejected(outputs, match):
+    with pytest.raises(ValueError, match=match):
+        networks.Heads(outputs)
+    with pytest.raises(ValueError, match=match):
+        networks.TrunkAndHeads(networks.MLPTrunk(), outputs)
+
+
+def test_trunk_and_heads_train_a_classification_and_a_regression_head_on_one_trunk():
+    tasks = {"digit": 10, "angle": 1}
+    model = networks.TrunkAndHeads(networks.LeNetTrunk(), tasks)
+    assert hash(model) == hash(networks.TrunkAndHeads(networks.LeNetTrunk(), dict(tasks)))
+    x = _random((4, 28, 28, 1))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    assert set(params) == {"trunk", "heads"}
+    assert _paths(params["heads"]) == {"digit/kernel", "digit/bias", "angle/kernel", "angle/bias"}
+    assert _paths(params["trunk"]) == _paths(
+        networks.LeNetTrunk().init(jax.random.PRNGKey(0), x)["params"])
+    out = model.apply({"params": params}, x)
+    assert out["digit"].shape == (4, 10) and out["angle"].shape == (4, 1)
+    features = networks.LeNetTrunk().apply({"params": params["trunk"]}, x)
+    chex.assert_trees_all_close(
+        out, networks.Heads(tasks).apply({"params": params["heads"]}, features), rtol=1e-6)
+
+    labels, angles = jnp.array([0, 3, 7, 9]), _random((4, 1), seed=1)
+
+    def task_losses(p):
+        o = model.apply({"params": p}, x)
+        return (optax.softmax_cross_entropy_with_integer_labels(o["digit"], labels).mean(),
+                jnp.mean(jnp.square(o["angle"] - angles)))
+
+    g_digit = jax.grad(lambda p: task_losses(p)[0])(params)
+    g_angle = jax.grad(lambda p: task_losses(p)[1])(params)
+    # Each head learns from its own task only; the shared trunk from both.
+    assert np.any(g_digit["heads"]["digit"]["kernel"])
+    assert not np.any(g_digit["heads"]["angle"]["kernel"])
+    assert np.any(g_angle["heads"]["angle"]["kernel"])
+    assert not np.any(g_angle["heads"]["digit"]["kernel"])
+    assert np.any(g_digit["trunk"]["conv0"]["kernel"])
+    assert np.any(g_angle["trunk"]["conv0"]["kernel"])
 
 
 _DROPOUT_NETWORKS = {
