@@ -44,7 +44,7 @@ from core.train_state import Params, StepFn, TrainState
 
 # The layout of what the loop checkpoints (TrainState fields, loop bookkeeping,
 # parameter names). A run directory written with another layout is not resumed.
-CHECKPOINT_LAYOUT = 2
+CHECKPOINT_LAYOUT = 3
 
 
 def option(default: Any, help: str, *, choices: Collection[Any] | None = None,

@@ -1,112 +1,101 @@
-"""Networks of the few-shot literature as Flax Linen modules.
+"""Networks of the few-shot literature as Flax Linen modules: trunks and heads.
 
 All modules are pure: `variables = net.init(key, x)` gives
 `{'params': ...}` (plus `{'batch_stats': ...}` in running batch-norm mode) and
 `net.apply(variables, x, train=...)` evaluates them, so algorithms can treat
 the parameters as an ordinary pytree (MAML adapts a copy per task).
 
-Batch norm has two explicit modes (`BN_MODES`):
-
-* `transductive`: always normalise with the statistics of the current batch,
-  at training and at test time. This is what the reference MAML code does
-  (cbfinn/maml issues #9 and #37) and what its published numbers assume: at
-  test time the statistics of the query set of a task are used.
-* `running`: keep exponential running averages of the batch statistics
-  during training (`train=True` with `mutable=['batch_stats']`) and use them
-  at test time (`train=False`): no information flows between test examples.
+A network is a *trunk* (`core.trunks`: inputs to features [batch, F]) followed
+by linear *heads*, so that transfer and multi-task methods can share, freeze
+or re-initialise them separately. `Conv4` and `MLP` are a trunk named 'trunk'
+and one Dense named 'head'; `TrunkAndHeads` puts `Heads` named 'heads' (one
+Dense per task, named by the task) on any trunk. Every submodule is named
+explicitly, so parameter paths ('trunk/block0/conv/kernel', 'head/kernel',
+'heads/digit/kernel') do not depend on the order in which layers are created.
+Batch-norm modes and dropout are described in `core.trunks`.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+from flax.core import FrozenDict
 
-from core import conv as conv_lib
-
-BN_MODES = ("transductive", "running")
-
-
-class BatchNorm(nn.Module):
-    """Batch normalisation over all axes but the last, with an explicit mode.
-
-    Attributes:
-      mode: 'transductive' or 'running' (see the module docstring).
-      momentum: running-average decay in 'running' mode.
-      epsilon: added to the variance.
-      fast_variance: compute the batch variance in one pass as
-        E[x^2] - E[x]^2 (clipped at 0), as `flax.linen.BatchNorm` does by
-        default; False uses the two-pass E[(x - E[x])^2], which is more
-        accurate when |mean| >> std but slower: 3-8% on the first-order
-        Omniglot MAML step on CPU (docs/results.md, issue 3 section).
-    """
-
-    mode: str = "transductive"
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    fast_variance: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if self.mode not in BN_MODES:
-            raise ValueError(f"unknown batch-norm mode {self.mode!r}; expected one of {BN_MODES}")
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,))
-        bias = self.param("bias", nn.initializers.zeros, (features,))
-        axes = tuple(range(x.ndim - 1))
-        use_batch_stats = self.mode == "transductive" or train
-        if self.mode == "running":
-            ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
-            ra_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-        if use_batch_stats:
-            mean = jnp.mean(x, axes)
-            if self.fast_variance:
-                var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
-            else:
-                var = jnp.mean(jnp.square(x - mean), axes)
-            if self.mode == "running" and train and not self.is_initializing():
-                if self.is_mutable_collection("batch_stats"):
-                    stats_mean = jax.lax.stop_gradient(mean)
-                    stats_var = jax.lax.stop_gradient(var)
-                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * stats_mean
-                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stats_var
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        # x * a + b rather than (x - mean) * a + bias: the same rounding (of
-        # order |mean| / std * eps), without a centred copy of x in memory.
-        a = scale * jax.lax.rsqrt(var + self.epsilon)
-        return x * a + (bias - mean * a)
+# Re-exported: `networks` stays the one import for building a network.
+from core.trunks import (BN_MODES, BatchNorm, Conv2D, Conv4Trunk, LeNetTrunk,  # noqa: F401
+                         MLPTrunk)
 
 
-class Conv2D(nn.Module):
-    """A 'SAME'-padded 2-D convolution whose implementation is an attribute.
+def _task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
+    """Checks a {task name: output width} mapping; frozen, so the module stays hashable."""
+    if not outputs:
+        raise ValueError(f"{owner} needs at least one task, got {outputs!r}")
+    for task, width in outputs.items():
+        # Identifiers only: no '/', which separates the components of parameter paths.
+        if not isinstance(task, str) or not task.isidentifier():
+            raise ValueError(f"{owner}: task name {task!r} is not a valid module name; use a "
+                             "non-empty Python identifier such as 'digit'")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"{owner}: the output width of task {task!r} must be a positive "
+                             f"integer, got {width!r}")
+    return FrozenDict(outputs)
 
-    Parameters are named like `flax.linen.Conv` ('kernel' [kh, kw, Cin, Cout],
-    'bias' [Cout]), so checkpoints do not depend on `impl`.
+
+class Heads(nn.Module):
+    """One linear head per task on shared features: {task: Dense(width)(features)}.
+
+    Each head is a Dense named by its task (parameters '<task>/kernel' and
+    '<task>/bias'), so a head is found by its task's name and adding or
+    removing a task leaves the other heads' parameters where they were.
 
     Attributes:
-      features: output channels.
-      kernel_size: (kh, kw).
-      strides: (sh, sw).
-      impl: 'xla' or 'im2col' (`core.conv.CONV_IMPLS`).
+      outputs: task name -> output width, e.g. {"digit": 10, "angle": 1} for
+        10 class logits and one regressed value. Names must be Python
+        identifiers (ValueError otherwise); the mapping is stored frozen.
+      kernel_init: initialiser of every head's kernel.
     """
 
-    features: int
-    kernel_size: Sequence[int] = (3, 3)
-    strides: Sequence[int] = (1, 1)
-    impl: str = "xla"
+    outputs: Mapping[str, int]
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    def __post_init__(self):
+        self.outputs = _task_outputs(self.outputs, "Heads")
+        super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.glorot_uniform(),
-                            (kh, kw, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_lib.conv2d(x, kernel, self.strides, self.impl) + bias
+    def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
+        return {task: nn.Dense(width, kernel_init=self.kernel_init, name=task)(features)
+                for task, width in self.outputs.items()}
+
+
+class TrunkAndHeads(nn.Module):
+    """A trunk ('trunk') and one head per task ('heads', a `Heads`), for multi-task learning.
+
+    `TrunkAndHeads(LeNetTrunk(), {"digit": 10, "angle": 1})` maps a batch of
+    images to {"digit": logits [batch, 10], "angle": [batch, 1]}, with
+    parameters {'trunk': ..., 'heads': {'digit': ..., 'angle': ...}}: shared
+    and task-specific parameters are separate subtrees.
+
+    Attributes:
+      trunk: a module called as `trunk(x, train)` that returns features
+        [batch, F], such as those of `core.trunks`.
+      heads: task name -> output width (`Heads.outputs`).
+    """
+
+    trunk: nn.Module
+    heads: Mapping[str, int]
+
+    def __post_init__(self):
+        self.heads = _task_outputs(self.heads, "TrunkAndHeads")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+        return Heads(self.heads, name="heads")(self.trunk(x, train))
 
 
 class MLP(nn.Module):
-    """A ReLU multi-layer perceptron, optionally with batch norm after each hidden layer.
+    """A ReLU multi-layer perceptron: an `MLPTrunk` ('trunk') and a Dense output layer ('head').
 
     The sinusoid network of Finn et al. (2017) is `MLP(hidden=(40, 40), outputs=1)`;
     their Omniglot MLP is `MLP(hidden=(256, 128, 64, 64), outputs=ways,
@@ -118,6 +107,8 @@ class MLP(nn.Module):
       batch_norm: whether to normalise each hidden layer.
       bn_mode: batch-norm mode when `batch_norm`.
       bn_fast_variance: `BatchNorm.fast_variance`.
+      kernel_init: initialiser of every kernel, hidden and output.
+      dropout_rate: `MLPTrunk.dropout_rate`.
     """
 
     hidden: Sequence[int] = (40, 40)
@@ -126,35 +117,29 @@ class MLP(nn.Module):
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = nn.Dense(width, kernel_init=self.kernel_init)(x)
-            if self.batch_norm:
-                x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance)(x, train)
-            x = nn.relu(x)
-        return nn.Dense(self.outputs, kernel_init=self.kernel_init)(x)
+        features = MLPTrunk(hidden=self.hidden, batch_norm=self.batch_norm, bn_mode=self.bn_mode,
+                            bn_fast_variance=self.bn_fast_variance,
+                            kernel_init=self.kernel_init, dropout_rate=self.dropout_rate,
+                            name="trunk")(x, train)
+        return nn.Dense(self.outputs, kernel_init=self.kernel_init, name="head")(features)
 
 
 class Conv4(nn.Module):
-    """The 4-block convolutional network of Finn et al. (2017).
-
-    Each block is [3x3 conv, batch norm, ReLU], then either a stride-2
-    convolution (Omniglot: 64 filters on 28x28, no pooling) or a 2x2 max-pool
-    (mini-ImageNet: 32 filters on 84x84). The features are then averaged over
-    space (`spatial_pool='mean'`, as the reference code does without pooling)
-    or flattened (`'flatten'`, as with pooling) and mapped to `outputs` logits.
+    """Finn et al.'s (2017) network: a `Conv4Trunk` ('trunk') and a Dense output layer ('head').
 
     Attributes:
       outputs: number of classes (ways).
-      filters: channels of every block.
-      max_pool: 2x2 max-pool after each block instead of stride-2 convolutions.
-      spatial_pool: 'mean' or 'flatten' before the output layer.
+      filters: `Conv4Trunk.filters`.
+      max_pool: `Conv4Trunk.max_pool`.
+      spatial_pool: `Conv4Trunk.spatial_pool`.
       bn_mode: batch-norm mode (`BN_MODES`).
       bn_fast_variance: `BatchNorm.fast_variance`.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
+      dropout_rate: `Conv4Trunk.dropout_rate`.
     """
 
     outputs: int
@@ -164,23 +149,15 @@ class Conv4(nn.Module):
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
     conv_impl: str = "xla"
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        strides = (1, 1) if self.max_pool else (2, 2)
-        for _ in range(4):
-            x = Conv2D(self.filters, (3, 3), strides, impl=self.conv_impl)(x)
-            x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance)(x, train)
-            x = nn.relu(x)
-            if self.max_pool:
-                x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
-        if self.spatial_pool == "mean":
-            x = jnp.mean(x, axis=(1, 2))
-        elif self.spatial_pool == "flatten":
-            x = x.reshape(x.shape[0], -1)
-        else:
-            raise ValueError(f"unknown spatial_pool {self.spatial_pool!r}; expected 'mean' or 'flatten'")
-        return nn.Dense(self.outputs)(x)
+        features = Conv4Trunk(filters=self.filters, max_pool=self.max_pool,
+                              spatial_pool=self.spatial_pool, bn_mode=self.bn_mode,
+                              bn_fast_variance=self.bn_fast_variance, conv_impl=self.conv_impl,
+                              dropout_rate=self.dropout_rate, name="trunk")(x, train)
+        return nn.Dense(self.outputs, name="head")(features)
 
 
 def omniglot_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla",

@@ -69,8 +69,8 @@ def test_same_seed_gives_bit_identical_parameters_and_evaluation(tmp_path):
     chex.assert_trees_all_equal(state_a["params"], state_b["params"])
     _train(_sinusoid_config(tmp_path / "c", seed=1))
     state_c = _state(_sinusoid_config(tmp_path / "c", seed=1), "latest")
-    assert not np.array_equal(state_a["params"]["Dense_0"]["kernel"],
-                              state_c["params"]["Dense_0"]["kernel"])
+    assert not np.array_equal(state_a["params"]["trunk"]["dense0"]["kernel"],
+                              state_c["params"]["trunk"]["dense0"]["kernel"])
 
 
 def test_resume_after_stop_matches_uninterrupted_run(tmp_path):

@@ -38,12 +38,12 @@ def test_sharded_meta_step_equals_single_device(strategy):
                                                out_shardings=repl)(
         mesh_lib.put_replicated(params, mesh), sharded_tasks)
     jax.block_until_ready(sharded_grads)
-    assert sharded_grads["Dense_0"]["kernel"].sharding.is_fully_replicated
+    assert sharded_grads["head"]["kernel"].sharding.is_fully_replicated
     np.testing.assert_allclose(sharded_loss, single_loss, rtol=1e-6)
     chex.assert_trees_all_close(jax.device_get(sharded_grads), jax.device_get(single_grads),
                                 rtol=1e-4, atol=1e-6)
     # The gradient is not trivially zero (all-zero trees would also be "equal").
-    assert float(jnp.abs(single_grads["Dense_0"]["kernel"]).max()) > 1e-3
+    assert float(jnp.abs(single_grads["head"]["kernel"]).max()) > 1e-3
 
 
 def test_meta_batch_not_divisible_by_devices_is_a_clear_error():
