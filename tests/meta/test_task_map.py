@@ -15,7 +15,11 @@ from meta import task_map
 
 
 def _conv_problem(conv_impl):
-    model = networks.Conv4(outputs=3, filters=8, spatial_pool="flatten", conv_impl=conv_impl)
+    # Two-pass batch-norm variance: the one-pass E[x^2] - E[x]^2 amplifies float32 rounding in
+    # near-constant channels past this test's tolerance, which would hide what it compares
+    # (how tasks are mapped and convolutions computed).
+    model = networks.Conv4(outputs=3, filters=8, spatial_pool="flatten", conv_impl=conv_impl,
+                           bn_fast_variance=False)
     tasks = random_image_episodes(num_tasks=2, ways=3, support=3, query=6, image_shape=(16, 16, 1))
     params, state = split_variables(model.init(jax.random.PRNGKey(0), tasks.support_x[0]))
     return classification_loss(model), params, state, tasks
