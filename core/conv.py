@@ -1,4 +1,4 @@
-"""2-D convolutions with TensorFlow 'SAME' padding, in two interchangeable forms.
+"""2-D convolutions with TensorFlow 'SAME' (or 'VALID') padding, in two interchangeable forms.
 
 `conv2d_xla` calls XLA's convolution. `conv2d_im2col` gathers the k*k input
 patches with strided slices and contracts them with the kernel in one matmul.
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col")
+PADDINGS = ("SAME", "VALID")
 
 
 def default_conv_impl(backend: str | None = None) -> str:
@@ -55,26 +56,39 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv2d_xla(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
-    """NHWC convolution with an HWIO kernel and 'SAME' padding, via XLA.
+def _pads(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """The (before, after) padding of one spatial dimension for 'SAME' or 'VALID'."""
+    if padding == "SAME":
+        return same_padding(size, kernel, stride)
+    if padding == "VALID":
+        return 0, 0
+    raise ValueError(f"unknown padding {padding!r}; expected one of {PADDINGS}")
+
+
+def conv2d_xla(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+               padding: str = "SAME") -> jax.Array:
+    """NHWC convolution with an HWIO kernel and 'SAME' or 'VALID' padding, via XLA.
 
     Args:
       x: input [N, H, W, Cin].
       kernel: weights [kh, kw, Cin, Cout].
       strides: (sh, sw).
+      padding: 'SAME' (TensorFlow's) or 'VALID' (none, as PyTorch's default).
 
     Returns:
-      The output [N, ceil(H/sh), ceil(W/sw), Cout].
+      The output [N, ceil(H/sh), ceil(W/sw), Cout] ('SAME') or
+      [N, (H - kh) // sh + 1, (W - kw) // sw + 1, Cout] ('VALID').
     """
     kh, kw = kernel.shape[:2]
-    padding = (same_padding(x.shape[1], kh, strides[0]),
-               same_padding(x.shape[2], kw, strides[1]))
+    pads = (_pads(x.shape[1], kh, strides[0], padding),
+            _pads(x.shape[2], kw, strides[1], padding))
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=tuple(strides), padding=padding,
+        x, kernel, window_strides=tuple(strides), padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv2d_im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                  padding: str = "SAME") -> jax.Array:
     """The same convolution as `conv2d_xla`, as patches followed by a matmul.
 
     The kh*kw shifted, strided views of the padded input are concatenated on
@@ -86,17 +100,19 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> ja
       x: input [N, H, W, Cin].
       kernel: weights [kh, kw, Cin, Cout].
       strides: (sh, sw).
+      padding: 'SAME' or 'VALID', as in `conv2d_xla`.
 
     Returns:
-      The output [N, ceil(H/sh), ceil(W/sw), Cout].
+      The output, of the shape `conv2d_xla` gives.
     """
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
     _, h, w, _ = x.shape
-    pad_h = same_padding(h, kh, sh)
-    pad_w = same_padding(w, kw, sw)
+    pad_h = _pads(h, kh, sh, padding)
+    pad_w = _pads(w, kw, sw, padding)
     xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    ho, wo = -(-h // sh), -(-w // sw)
+    # Output size from the padded size: ceil(H / sh) for 'SAME', (H - kh) // sh + 1 for 'VALID'.
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
     patches = [
         jax.lax.slice(xp, (0, i, j, 0),
                       (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
@@ -107,7 +123,8 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int]) -> ja
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str,
+           padding: str = "SAME") -> jax.Array:
     """Dispatches to `conv2d_xla` or `conv2d_im2col` by name.
 
     Args:
@@ -115,15 +132,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str) -
       kernel: weights [kh, kw, Cin, Cout].
       strides: (sh, sw).
       impl: one of `CONV_IMPLS`.
+      padding: one of `PADDINGS`.
 
     Returns:
       The convolution output.
 
     Raises:
-      ValueError: for an unknown `impl`.
+      ValueError: for an unknown `impl` or `padding`.
     """
     if impl == "xla":
-        return conv2d_xla(x, kernel, strides)
+        return conv2d_xla(x, kernel, strides, padding)
     if impl == "im2col":
-        return conv2d_im2col(x, kernel, strides)
+        return conv2d_im2col(x, kernel, strides, padding)
     raise ValueError(f"unknown conv implementation {impl!r}; expected one of {CONV_IMPLS}")

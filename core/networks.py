@@ -23,7 +23,7 @@ from flax.core import FrozenDict
 
 # Re-exported: `networks` stays the one import for building a network.
 from core.trunks import (BN_MODES, BatchNorm, Conv2D, Conv4Trunk, LeNetTrunk,  # noqa: F401
-                         MLPTrunk)
+                         MLPTrunk, MultiLeNetTrunk)
 
 
 def _task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
@@ -42,29 +42,34 @@ def _task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
 
 
 class Heads(nn.Module):
-    """One linear head per task on shared features: {task: Dense(width)(features)}.
+    """One head per task on shared features: {task: head(features)}.
 
-    Each head is a Dense named by its task (parameters '<task>/kernel' and
-    '<task>/bias'), so a head is found by its task's name and adding or
-    removing a task leaves the other heads' parameters where they were.
+    Each head is named by its task, so a head is found by its task's name and
+    adding or removing a task leaves the other heads' parameters where they
+    were. With `hidden=()` a head is one Dense (parameters '<task>/kernel' and
+    '<task>/bias'); otherwise it is an `MLPHead` ('<task>/dense0/kernel', ...,
+    '<task>/out/kernel'), e.g. `hidden=(50,)` for the MultiLeNet's heads.
 
     Attributes:
       outputs: task name -> output width, e.g. {"digit": 10, "angle": 1} for
         10 class logits and one regressed value. Names must be Python
         identifiers (ValueError otherwise); the mapping is stored frozen.
       kernel_init: initialiser of every head's kernel.
+      hidden: widths of each head's ReLU hidden layers (`MLPHead.hidden`).
     """
 
     outputs: Mapping[str, int]
     kernel_init: Callable = nn.initializers.lecun_normal()
+    hidden: Sequence[int] = ()
 
     def __post_init__(self):
         self.outputs = _task_outputs(self.outputs, "Heads")
+        self.hidden = tuple(self.hidden)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
-        return {task: nn.Dense(width, kernel_init=self.kernel_init, name=task)(features)
+        return {task: task_head(width, self.hidden, self.kernel_init, name=task)(features)
                 for task, width in self.outputs.items()}
 
 
@@ -76,22 +81,28 @@ class TrunkAndHeads(nn.Module):
     parameters {'trunk': ..., 'heads': {'digit': ..., 'angle': ...}}: shared
     and task-specific parameters are separate subtrees.
 
+    The MultiLeNet of MGDA-UB is `TrunkAndHeads(MultiLeNetTrunk(), {"left": 10,
+    "right": 10}, head_hidden=(50,))`.
+
     Attributes:
       trunk: a module called as `trunk(x, train)` that returns features
         [batch, F], such as those of `core.trunks`.
       heads: task name -> output width (`Heads.outputs`).
+      head_hidden: hidden widths of every head (`Heads.hidden`).
     """
 
     trunk: nn.Module
     heads: Mapping[str, int]
+    head_hidden: Sequence[int] = ()
 
     def __post_init__(self):
         self.heads = _task_outputs(self.heads, "TrunkAndHeads")
+        self.head_hidden = tuple(self.head_hidden)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> dict[str, jax.Array]:
-        return Heads(self.heads, name="heads")(self.trunk(x, train))
+        return Heads(self.heads, hidden=self.head_hidden, name="heads")(self.trunk(x, train))
 
 
 class MLP(nn.Module):
@@ -183,3 +194,55 @@ def sinusoid_mlp() -> MLP:
     return MLP(hidden=(40, 40), outputs=1,
                kernel_init=nn.initializers.truncated_normal(stddev=0.01))
 
+
+
+class MLPHead(nn.Module):
+    """A task head with ReLU hidden layers: 'dense0', ..., then a linear 'out'.
+
+    The MultiLeNet head of MGDA-UB (isl-org/MultiObjectiveOptimization
+    `MultiLeNetO`: fc 50 -> ReLU -> fc 10, log-softmax left to the loss) is
+    `MLPHead(hidden=(50,), outputs=10)`. With `hidden=()` it is one Dense
+    named 'out'; `Heads` uses a Dense named by the task instead.
+
+    Attributes:
+      hidden: widths of the hidden layers.
+      outputs: width of the output layer.
+      kernel_init: initialiser of every kernel.
+    """
+
+    hidden: Sequence[int]
+    outputs: int
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init, name=f"dense{i}")(x))
+        return nn.Dense(self.outputs, kernel_init=self.kernel_init, name="out")(x)
+
+
+def task_head(outputs: int, hidden: Sequence[int] = (),
+              kernel_init: Callable = nn.initializers.lecun_normal(),
+              name: str | None = None) -> nn.Module:
+    """The head of one task as `Heads` builds it: a Dense, or an `MLPHead` when `hidden`.
+
+    Architectures that give each task its own features (`mtl.architectures`)
+    call this to lay out their heads' parameters exactly as `Heads` does.
+
+    Args:
+      outputs: output width.
+      hidden: hidden widths; () for a single Dense.
+      kernel_init: initialiser of every kernel.
+      name: the module's name (the task's name in `Heads`).
+
+    Returns:
+      A module called as `head(features)`; build it inside the calling
+      module's compact method, which becomes its parent.
+    """
+    if hidden:
+        return MLPHead(tuple(hidden), outputs, kernel_init=kernel_init, name=name)
+    return nn.Dense(outputs, kernel_init=kernel_init, name=name)

@@ -88,7 +88,7 @@ class BatchNorm(nn.Module):
 
 
 class Conv2D(nn.Module):
-    """A 'SAME'-padded 2-D convolution whose implementation is an attribute.
+    """A 2-D convolution ('SAME'-padded by default) whose implementation is an attribute.
 
     Parameters are named like `flax.linen.Conv` ('kernel' [kh, kw, Cin, Cout],
     'bias' [Cout]), so checkpoints do not depend on `impl`.
@@ -98,12 +98,14 @@ class Conv2D(nn.Module):
       kernel_size: (kh, kw).
       strides: (sh, sw).
       impl: 'xla' or 'im2col' (`core.conv.CONV_IMPLS`).
+      padding: 'SAME' or 'VALID' (`core.conv.PADDINGS`).
     """
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
     impl: str = "xla"
+    padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,7 +113,7 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", nn.initializers.glorot_uniform(),
                             (kh, kw, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_lib.conv2d(x, kernel, self.strides, self.impl) + bias
+        return conv_lib.conv2d(x, kernel, self.strides, self.impl, self.padding) + bias
 
 
 def _dropout(x: jax.Array, rate: float, train: bool) -> jax.Array:
@@ -269,3 +271,56 @@ class LeNetTrunk(nn.Module):
             x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
             x = _dropout(x, self.dropout_rate, train)
         return x
+
+
+def max_pool2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2 over [N, H, W, C], as a reshape and a max.
+
+    The values are those of `nn.max_pool(x, (2, 2), (2, 2), padding='VALID')`
+    (an odd last row or column is dropped). The gradient is an elementwise
+    select instead of `reduce_window`'s `select_and_scatter`, which XLA:CPU
+    runs slowly. Where a window has tied maxima the gradient is split equally
+    between them (the rule of `jnp.max`) rather than sent to one of them.
+    """
+    n, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2, :]
+    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class MultiLeNetTrunk(nn.Module):
+    """The shared trunk of the MultiLeNet of MGDA-UB (Sener & Koltun, 2018); features [batch, 50].
+
+    As isl-org/MultiObjectiveOptimization `multi_task/models/multi_lenet.py`
+    (`MultiLeNetR`) on 28x28x1 inputs: 'conv0' (1->10, 5x5, 'VALID') -> 2x2
+    max-pool -> ReLU -> 'conv1' (10->20, 5x5, 'VALID') -> channel dropout ->
+    2x2 max-pool -> ReLU -> flatten (4 * 4 * 20 = 320) -> 'dense0' (50) -> ReLU.
+    The MultiLeNet's task heads are `core.networks.MLPHead((50,), 10)`.
+
+    The dropout is PyTorch's `Dropout2d`: with `train=True`, one Bernoulli
+    mask per example and channel, broadcast over height and width, and the
+    kept channels scaled by 1 / (1 - rate). The reference code instead draws
+    one mask per batch, does not rescale, and also drops units in its heads;
+    the TorchJD peer (`/work/shared/peers/torchjd_mtl.py`) uses `Dropout2d`
+    as here. The flatten is in (H, W, C) order where PyTorch's is (C, H, W):
+    loading PyTorch weights into 'dense0' needs its rows permuted.
+
+    Attributes:
+      conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
+      dropout_rate: channel dropout after 'conv1'; 0 adds no dropout layer.
+    """
+
+    conv_impl: str = "xla"
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = Conv2D(10, (5, 5), impl=self.conv_impl, padding="VALID", name="conv0")(x)
+        x = nn.relu(max_pool2x2(x))
+        x = Conv2D(20, (5, 5), impl=self.conv_impl, padding="VALID", name="conv1")(x)
+        if self.dropout_rate > 0:
+            # broadcast_dims=(1, 2): one mask entry per (example, channel), as Dropout2d.
+            x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train,
+                           name="dropout2d")(x)
+        x = nn.relu(max_pool2x2(x))
+        x = x.reshape(x.shape[0], -1)
+        return nn.relu(nn.Dense(50, name="dense0")(x))

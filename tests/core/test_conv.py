@@ -43,3 +43,22 @@ def test_default_impl_per_backend_and_unknown_impl():
     assert conv.default_conv_impl("tpu") == "xla"
     with pytest.raises(ValueError, match="unknown conv implementation"):
         conv.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), (1, 1), "fft")
+
+
+@pytest.mark.parametrize("size,kernel,strides", [(28, 5, (1, 1)), (12, 5, (1, 1)),
+                                                 (9, 3, (2, 2)), (10, 3, (2, 1))])
+def test_valid_padding_im2col_equals_xla_and_lax(size, kernel, strides):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+    expected = jax.lax.conv_general_dilated(x, k, strides, "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert expected.shape == (2, (size - kernel) // strides[0] + 1,
+                              (size - kernel) // strides[1] + 1, 4)
+    for impl in conv.CONV_IMPLS:
+        np.testing.assert_allclose(conv.conv2d(x, k, strides, impl, padding="VALID"), expected,
+                                   rtol=1e-5, atol=1e-5, err_msg=impl)
+    # The default stays 'SAME'.
+    assert conv.conv2d_im2col(x, k, strides).shape[1] == -(-size // strides[0])
+    with pytest.raises(ValueError, match="unknown padding"):
+        conv.conv2d(x, k, strides, "im2col", padding="FULL")

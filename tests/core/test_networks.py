@@ -301,3 +301,119 @@ def test_sinusoid_mlp_starts_from_truncated_normal_kernels_and_zero_biases():
             # (lecun_normal would give 1 for the first layer, 0.16 for the others).
             assert np.abs(leaf).max() <= 0.02 + 1e-7, path
             assert 0.005 < np.std(leaf) < 0.012, path
+
+
+def _numpy_variables(model, *args, seed=0, **kwargs):
+    """Variables of `model` from NumPy draws: no PRNG kernels to compile (slow on a busy CPU)."""
+    shapes = jax.eval_shape(lambda key: model.init(key, *args, **kwargs), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]) or 1),
+                              s.dtype), shapes)
+
+
+def test_heads_with_hidden_layers_are_mlp_heads_named_by_task():
+    features = _random((3, 6))
+    heads = networks.Heads({"left": 10, "right": 4}, hidden=[5])
+    assert hash(heads) == hash(networks.Heads({"left": 10, "right": 4}, hidden=(5,)))
+    params = _numpy_variables(heads, features)["params"]
+    shapes = {path: leaf.shape
+              for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    assert shapes == {"left/dense0/kernel": (6, 5), "left/dense0/bias": (5,),
+                      "left/out/kernel": (5, 10), "left/out/bias": (10,),
+                      "right/dense0/kernel": (6, 5), "right/dense0/bias": (5,),
+                      "right/out/kernel": (5, 4), "right/out/bias": (4,)}
+    out = heads.apply({"params": params}, features)
+    p = params["right"]
+    hidden = jnp.maximum(features @ p["dense0"]["kernel"] + p["dense0"]["bias"], 0.0)
+    np.testing.assert_allclose(out["right"], hidden @ p["out"]["kernel"] + p["out"]["bias"],
+                               rtol=1e-6, atol=1e-6)
+    mlp = networks.MLPHead((5,), 10)
+    np.testing.assert_array_equal(mlp.apply({"params": params["left"]}, features), out["left"])
+    # hidden=() keeps the single Dense per task.
+    assert _paths(_numpy_variables(networks.Heads({"left": 10}, hidden=()), features)[
+        "params"]) == {"left/kernel", "left/bias"}
+
+
+def _flax_max_pool(x):
+    import flax.linen as nn
+
+    return nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
+
+
+def test_max_pool2x2_equals_flax_max_pool_in_value_and_gradient():
+    from core.trunks import max_pool2x2
+
+    for shape in ((2, 8, 8, 3), (1, 7, 9, 2)):
+        x = _random(shape)
+        np.testing.assert_array_equal(max_pool2x2(x), _flax_max_pool(x))
+        weights = _random(_flax_max_pool(x).shape, seed=1)
+        grads = [jax.grad(lambda x, pool=pool, w=weights: jnp.sum(pool(x) * w))(x)
+                 for pool in (max_pool2x2, _flax_max_pool)]
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+def _multilenet_by_hand(params, x):
+    """The MGDA-UB MultiLeNet trunk written with flax.linen layers, for comparison."""
+    import flax.linen as nn
+
+    def conv(p, x):
+        return nn.Conv(p["bias"].shape[0], (5, 5), padding="VALID").apply({"params": p}, x)
+
+    x = nn.relu(_flax_max_pool(conv(params["conv0"], x)))
+    x = nn.relu(_flax_max_pool(conv(params["conv1"], x)))
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(x @ params["dense0"]["kernel"] + params["dense0"]["bias"])
+
+
+def test_multilenet_trunk_is_the_mgda_ub_trunk_for_both_conv_impls():
+    x = _random((3, 28, 28, 1))
+    a = networks.MultiLeNetTrunk(conv_impl="xla")
+    b = networks.MultiLeNetTrunk(conv_impl="im2col")
+    variables = _numpy_variables(a, x, train=False)
+    shapes = {path: leaf.shape
+              for path, leaf in traverse_util.flatten_dict(variables["params"], sep="/").items()}
+    assert shapes == {"conv0/kernel": (5, 5, 1, 10), "conv0/bias": (10,),
+                      "conv1/kernel": (5, 5, 10, 20), "conv1/bias": (20,),
+                      "dense0/kernel": (320, 50), "dense0/bias": (50,)}
+    y = a.apply(variables, x, train=False)
+    assert y.shape == (3, 50) and np.abs(y).max() > 0
+    np.testing.assert_allclose(b.apply(variables, x, train=False), y, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_multilenet_by_hand(variables["params"], x), y,
+                               rtol=1e-4, atol=1e-5)
+    # Rate 0 adds no dropout layer: training needs no key and equals evaluation.
+    np.testing.assert_array_equal(networks.MultiLeNetTrunk(dropout_rate=0.0).apply(
+        variables, x, train=True), y)
+
+
+def test_multilenet_dropout2d_drops_whole_channels_per_example():
+    x = _random((8, 28, 28, 1))
+    trunk = networks.MultiLeNetTrunk()
+    variables = _numpy_variables(trunk, x, train=False)
+    _, state = trunk.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)},
+                           capture_intermediates=True, mutable=["intermediates"])
+    conv1 = state["intermediates"]["conv1"]["__call__"][0]
+    dropped = state["intermediates"]["dropout2d"]["__call__"][0]
+    assert dropped.shape == conv1.shape == (8, 8, 8, 20)
+    ratio = np.asarray(dropped / conv1)
+    # Each (example, channel) map is either zeroed or scaled by 1 / (1 - 0.5), as a whole.
+    mask = ratio[:, :1, :1, :]
+    np.testing.assert_allclose(ratio, np.broadcast_to(mask, ratio.shape), rtol=1e-5)
+    assert set(np.round(mask.ravel(), 4)) == {0.0, 2.0}
+    assert not all(np.array_equal(mask[0], mask[i]) for i in range(1, 8))  # one mask per example
+    with pytest.raises(flax.errors.InvalidRngError):
+        trunk.apply(variables, x, train=True)
+
+
+def test_trunk_and_heads_builds_the_multilenet_with_mlp_heads():
+    model = networks.TrunkAndHeads(networks.MultiLeNetTrunk(), {"left": 10, "right": 10},
+                                   head_hidden=(50,))
+    x = _random((2, 28, 28, 1))
+    params = _numpy_variables(model, x, train=False)["params"]
+    assert _paths(params["heads"]) == {f"{task}/{layer}/{leaf}" for task in ("left", "right")
+                                       for layer in ("dense0", "out")
+                                       for leaf in ("kernel", "bias")}
+    assert params["heads"]["left"]["dense0"]["kernel"].shape == (50, 50)
+    out = jax.jit(lambda p, x, key: model.apply({"params": p}, x, rngs={"dropout": key}))(
+        params, x, jax.random.PRNGKey(1))
+    assert out["left"].shape == out["right"].shape == (2, 10)
