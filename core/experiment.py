@@ -165,6 +165,8 @@ class Program:
         convolution implementation 'auto' means), recorded in config.json;
         they may differ on resume.
       summary: further top-level entries of results.json.
+      conclude: (workdir, results) -> further top-level entries of results.json
+        computed from the finished run (e.g. from its metrics), before it is written.
       finish: (workdir, results) -> None, run after results.json (plots).
     """
 
@@ -177,6 +179,7 @@ class Program:
     select_mode: str = "max"
     resolved: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     summary: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    conclude: Callable[[str, dict[str, Any]], Mapping[str, Any]] | None = None
     finish: Callable[[str, dict[str, Any]], None] | None = None
 
 
@@ -298,6 +301,8 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
             "versions": versions,
             "session_seconds": time.time() - t_start,
         }
+        if program.conclude is not None:
+            results.update(program.conclude(config.workdir, results))
         run_dir.write_results(config.workdir, results)
         if program.finish is not None:
             program.finish(config.workdir, results)
