@@ -11,6 +11,7 @@ from core import cli
 from core import experiment
 from core.errors import ConfigError
 from meta import runner
+from mtl import runner as mtl_runner
 from tests.core import toy_family
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,3 +87,13 @@ def test_a_field_declared_without_option_is_refused():
 
     with pytest.raises(TypeError, match="Bad.plain is not declared with option"):
         experiment.field_options(Bad)
+
+
+def test_every_mtl_flagfile_gives_a_valid_config():
+    paths = sorted(glob.glob(os.path.join(REPO, "experiments/flags/mtl/*.flags")))
+    assert len(paths) >= 30
+    for path in paths:
+        config, _ = _parse(mtl_runner.MtlRunConfig, f"--flagfile={path}", "--data_dir=/data")
+        config.validate()
+        name = os.path.basename(path)[:-len(".flags")]
+        assert name == f"{config.benchmark}_{config.method}", name
