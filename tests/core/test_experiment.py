@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import chex
+import jax
 import pytest
 
 from core import experiment
@@ -49,7 +50,10 @@ def test_run_writes_results_and_selects_the_best_validation_state(reference):
 def test_kill_9_mid_run_and_rerun_is_bit_identical(reference, tmp_path):
     workdir, results = reference
     killed = tmp_path / "killed"
-    code = ("from core import experiment; from tests.core import toy_family; "
+    # The same XLA settings as this process (tests/conftest.py), so both runs compile alike.
+    code = ("import jax; jax.config.update('jax_disable_most_optimizations', "
+            f"{jax.config.values['jax_disable_most_optimizations']}); "
+            "from core import experiment; from tests.core import toy_family; "
             f"experiment.train_and_evaluate(toy_family.ToyConfig(workdir={str(killed)!r}, "
             "dropout=0.3, weight_decay=0.01, kill_at_step=7), toy_family.build)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -155,7 +155,7 @@ def _xla_temp_bytes(inner_steps, remat):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_remat_keeps_memory_flat_in_inner_steps():
+def test_remat_keeps_memory_flat_in_inner_steps(xla_optimizations):
     """XLA's buffers for the second-order meta-gradient: flat with remat, growing without."""
     with_remat = [_xla_temp_bytes(k, remat=True) for k in (1, 8)]
     without = [_xla_temp_bytes(k, remat=False) for k in (1, 8)]
