@@ -26,7 +26,7 @@ from core.trunks import (BN_MODES, BatchNorm, Conv2D, Conv4Trunk, LeNetTrunk,  #
                          MLPTrunk, MultiLeNetTrunk)
 
 
-def _task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
+def task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
     """Checks a {task name: output width} mapping; frozen, so the module stays hashable."""
     if not outputs:
         raise ValueError(f"{owner} needs at least one task, got {outputs!r}")
@@ -63,7 +63,7 @@ class Heads(nn.Module):
     hidden: Sequence[int] = ()
 
     def __post_init__(self):
-        self.outputs = _task_outputs(self.outputs, "Heads")
+        self.outputs = task_outputs(self.outputs, "Heads")
         self.hidden = tuple(self.hidden)
         super().__post_init__()
 
@@ -96,7 +96,7 @@ class TrunkAndHeads(nn.Module):
     head_hidden: Sequence[int] = ()
 
     def __post_init__(self):
-        self.heads = _task_outputs(self.heads, "TrunkAndHeads")
+        self.heads = task_outputs(self.heads, "TrunkAndHeads")
         self.head_hidden = tuple(self.head_hidden)
         super().__post_init__()
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from core.networks import _task_outputs, task_head
+from core.networks import task_outputs, task_head
 from core.trunks import Conv2D, MLPTrunk, max_pool2x2
 
 FEED_KINDS = ("classification", "regression")
@@ -202,7 +202,7 @@ class CrossStitch(nn.Module):
     channel_wise: bool = False
 
     def __post_init__(self):
-        self.outputs = _task_outputs(self.outputs, "CrossStitch")
+        self.outputs = task_outputs(self.outputs, "CrossStitch")
         if len(self.outputs) < 2:
             raise ValueError(f"CrossStitch needs at least two tasks, got {dict(self.outputs)!r}")
         self.blocks = tuple(self.blocks)
@@ -271,7 +271,7 @@ class Hierarchical(nn.Module):
     dropout_rate: float = 0.0
 
     def __post_init__(self):
-        self.outputs = _task_outputs(self.outputs, "Hierarchical")
+        self.outputs = task_outputs(self.outputs, "Hierarchical")
         self.widths = tuple(self.widths)
         self.head_hidden = tuple(self.head_hidden)
         self.task_depth = FrozenDict(self.task_depth)
@@ -360,7 +360,7 @@ class MMoE(nn.Module):
     dropout_rate: float = 0.0
 
     def __post_init__(self):
-        self.outputs = _task_outputs(self.outputs, "MMoE")
+        self.outputs = task_outputs(self.outputs, "MMoE")
         if not isinstance(self.num_experts, int) or self.num_experts < 1:
             raise ValueError(f"MMoE needs a positive integer num_experts, got {self.num_experts!r}")
         self.expert_hidden = tuple(self.expert_hidden)
