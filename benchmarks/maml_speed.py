@@ -23,7 +23,6 @@ peer in ../shared/peers/torch_maml.py):
 
 import dataclasses
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import cpu
 
 CONFIGS = {
     "sinusoid": dict(tasks=25, ways=1, support=10, query=10, inner_lr=0.01, inner_steps=1),
@@ -65,14 +66,6 @@ flags.DEFINE_list("table_strategies", ["vmap_im2col", "vmap_xla", "loop_xla"],
                   "in --table_slow).")
 flags.DEFINE_list("table_slow", [], "Strategies to run on conv configs even though slow.")
 FLAGS = flags.FLAGS
-
-
-def _pin_threads(threads: int) -> None:
-    try:
-        cpus = sorted(os.sched_getaffinity(0))[:threads]
-        os.sched_setaffinity(0, set(cpus))
-    except (AttributeError, OSError):
-        pass
 
 
 def _random_tasks(cfg: dict, image: bool):
@@ -249,7 +242,7 @@ def main(argv):
     del argv
     from core import runtime
     runtime.reexec_with_malloc_tunables(FLAGS.malloc_tuning)
-    _pin_threads(FLAGS.threads)
+    cpu.pin_threads(FLAGS.threads)
     if FLAGS.table:
         _table()
         return

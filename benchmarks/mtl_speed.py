@@ -20,7 +20,6 @@ peer in ../shared/peers/torchjd_mtl.py; Adam 1e-3):
 """
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import cpu
 
 flags.DEFINE_enum("config", "multimnist", ["multimnist", "regression"], "Model and data.")
 flags.DEFINE_string("method", "equal", "A --method of experiments.mtl (mtl/methods.py).")
@@ -47,13 +48,6 @@ flags.DEFINE_list("table_methods", ["equal", "famo", "mean", "mgda", "upgrad", "
                   "Methods of --table.")
 flags.DEFINE_list("table_tasks", ["10", "40", "100"], "Task counts of --table (regression).")
 FLAGS = flags.FLAGS
-
-
-def _pin_threads(threads: int) -> None:
-    try:
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
-    except (AttributeError, OSError):
-        pass
 
 
 def _problem(config: str, k: int, batch: int, conv_impl: str):
@@ -101,7 +95,7 @@ def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmu
     params, model_state = split_variables(
         model.init(jax.random.PRNGKey(0), batch_data["x"][:1], train=False))
     optimizer = optax.adam(1e-3)
-    extra = method.weighting.init(len(tasks)) if method.weighting is not None else {}
+    extra = method.init_state(len(tasks))
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
     state = mesh_lib.put_replicated(train_state.create(params, model_state, optimizer, extra),
                                     mesh)
@@ -162,7 +156,7 @@ def main(argv):
     del argv
     from core import runtime
     runtime.reexec_with_malloc_tunables(FLAGS.malloc_tuning)
-    _pin_threads(FLAGS.threads)
+    cpu.pin_threads(FLAGS.threads)
     if FLAGS.table:
         _table()
         return

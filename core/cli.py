@@ -22,6 +22,7 @@ directory printed first and the results last, and the exit codes:
     130 interrupted (Ctrl-C); rerun the same command to resume
 """
 
+import dataclasses
 import sys
 import types
 import typing
@@ -112,7 +113,7 @@ def config_from_flags(config_cls: type[C], flag_values: flags.FlagValues = flags
         values[name] = value
     config = config_cls(**values)
     if config.workdir is None:
-        config = type(config)(**dict(values, workdir=config.default_workdir()))
+        config = dataclasses.replace(config, workdir=config.default_workdir())
     return config
 
 

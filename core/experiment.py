@@ -229,9 +229,8 @@ def _check_layout(workdir: str) -> None:
             f"--workdir")
 
 
-def _run_loop(config: RunConfig, program: Program) -> tuple[train_loop.LoopResult, TrainState,
-                                                             dict, Mapping[str, float]]:
-    """The resumable loop, best-validation restore and test."""
+def _run_loop(config: RunConfig, program: Program) -> tuple[train_loop.LoopResult, dict]:
+    """The resumable loop, best-validation restore and test: (loop result, test block)."""
     checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), max_to_keep=2)
     best_checkpointer = Checkpointer(os.path.join(config.workdir, "best"), max_to_keep=1)
     loop_config = train_loop.LoopConfig(
@@ -253,7 +252,7 @@ def _run_loop(config: RunConfig, program: Program) -> tuple[train_loop.LoopResul
     finally:
         checkpointer.close()
         best_checkpointer.close()
-    return result, tested, test_block, test_scalars
+    return result, test_block
 
 
 def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
@@ -286,7 +285,7 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
                            checkpoint_layout=CHECKPOINT_LAYOUT)
         run_dir.write_run_config(config.workdir, config_dict, versions,
                                  allow_changed=config.resumable_keys() + tuple(program.resolved))
-        result, _, test_block, _ = _run_loop(config, program)
+        result, test_block = _run_loop(config, program)
         results = {
             "steps": result.step,
             "wall_seconds": result.wall_seconds,

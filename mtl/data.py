@@ -53,6 +53,18 @@ class Benchmark:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"].x.shape[1:])
 
+    @property
+    def task_ids(self) -> dict[str, int] | None:
+        """Task-indexed data: task name -> its id in `y[TASK_INDEX]`; None otherwise."""
+        if not self.task_indexed:
+            return None
+        return {name: int(name.removeprefix("school")) for name in self.tasks}
+
+    @property
+    def target_key(self) -> str | None:
+        """Task-indexed data: the target every head predicts; None otherwise."""
+        return SCHOOL_TARGET if self.task_indexed else None
+
 
 def school_task_name(index: int) -> str:
     return f"school{index:03d}"

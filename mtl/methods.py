@@ -55,6 +55,10 @@ class Method:
     def needs_jacobian(self) -> bool:
         return self.aggregator is not None
 
+    def init_state(self, num_tasks: int) -> Any:
+        """The method's state for `TrainState.extra` (a loss weighting's; empty for aggregators)."""
+        return self.weighting.init(num_tasks) if self.weighting is not None else {}
+
 
 def _weighting_hyperparams(name: str, options: Mapping[str, Any], num_tasks: int,
                            steps_per_epoch: int) -> dict[str, Any]:
@@ -89,8 +93,9 @@ def make_method(name: str, *, num_tasks: int, steps_per_epoch: int, task_indexed
       num_tasks: k.
       steps_per_epoch: training steps per epoch (DWA averages losses per epoch).
       task_indexed: whether each example belongs to one task (refuses MGDA-UB).
-      options: 'weights', 'dwa_temperature', 'weighting_lr', 'gradnorm_alpha',
-        'famo_lr', 'famo_gamma', 'cagrad_c', 'mgda_normalization'.
+      options: a mapping holding at least 'weights', 'dwa_temperature',
+        'weighting_lr', 'gradnorm_alpha', 'famo_lr', 'famo_gamma', 'cagrad_c' and
+        'mgda_normalization' (e.g. the run config as a dict); other keys are ignored.
 
     Raises:
       ConfigError: for an unknown method, an invalid hyper-parameter, or

@@ -38,7 +38,7 @@ from mtl import architectures
 from mtl import methods as methods_lib
 from mtl import metrics as mtl_metrics
 from mtl import step as step_lib
-from mtl.data import BENCHMARKS, SCHOOL_TARGET, Benchmark, load_benchmark
+from mtl.data import BENCHMARKS, Benchmark, load_benchmark
 from mtl.tasks import REGRESSION_LOSSES
 
 ARCHITECTURES = ("hps", "cross_stitch", "mmoe", "hierarchical")
@@ -108,13 +108,6 @@ class MtlRunConfig(supervised.SupervisedConfig):
         tasks = "_".join(self.tasks) if self.tasks else "all"
         return f"runs/mtl_{self.benchmark}_{tasks}_{self.method}_s{self.seed}"
 
-    @property
-    def method_options(self) -> dict[str, Any]:
-        return {"weights": self.weights, "dwa_temperature": self.dwa_temperature,
-                "weighting_lr": self.weighting_lr, "gradnorm_alpha": self.gradnorm_alpha,
-                "famo_lr": self.famo_lr, "famo_gamma": self.famo_gamma,
-                "cagrad_c": self.cagrad_c, "mgda_normalization": self.mgda_normalization}
-
 
 def _trunk(config: MtlRunConfig):
     """(the benchmark's shared trunk, its heads' hidden widths)."""
@@ -170,12 +163,6 @@ def build_model(config: MtlRunConfig, benchmark: Benchmark):
     return architectures.CrossStitch(_stitched_blocks(config, trunk), widths, head_hidden=hidden)
 
 
-def _task_ids(benchmark: Benchmark) -> dict[str, int] | None:
-    if not benchmark.task_indexed:
-        return None
-    return {name: int(name.removeprefix("school")) for name in benchmark.tasks}
-
-
 def _task_results(metrics: dict[str, float], benchmark: Benchmark) -> dict[str, dict]:
     """{task: {metric: value}} from the evaluator's '<task>/<metric>' means."""
     if benchmark.task_indexed:
@@ -218,7 +205,7 @@ def build(config: MtlRunConfig, mesh) -> experiment.Program:
     method = methods_lib.make_method(config.method, num_tasks=len(tasks),
                                      steps_per_epoch=steps_per_epoch,
                                      task_indexed=benchmark.task_indexed,
-                                     options=config.method_options)
+                                     options=dataclasses.asdict(config))
     if method.on_representation and config.architecture != "hps":
         raise ConfigError("--method=mgda_ub needs --architecture=hps (a shared representation)")
     model = build_model(config, benchmark)
@@ -226,10 +213,8 @@ def build(config: MtlRunConfig, mesh) -> experiment.Program:
     params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example,
                                                      train=False))
     optimizer = supervised.make_optimizer(config)
-    extra = method.weighting.init(len(tasks)) if method.weighting is not None else {}
-    state = train_state.create(params, model_state, optimizer, extra)
-    task_ids = _task_ids(benchmark)
-    target_key = SCHOOL_TARGET if benchmark.task_indexed else None
+    state = train_state.create(params, model_state, optimizer, method.init_state(len(tasks)))
+    task_ids, target_key = benchmark.task_ids, benchmark.target_key
     train_step = train_state.jit_step(step_lib.make_train_step(
         model, tasks, method, optimizer, config.seed, task_ids=task_ids, target_key=target_key),
         mesh)

@@ -50,7 +50,7 @@ def descend(method: Method, start: tuple[float, float], *, steps: int, scale: fl
     """
     optimizer = optax.adam(learning_rate)
     x0 = jnp.asarray(start, jnp.float32)
-    extra = method.weighting.init(2) if method.weighting is not None else ()
+    extra = method.init_state(2)
 
     def direction(x, extra, step):
         key = loss_weighting.weighting_key(seed, step)

@@ -36,7 +36,7 @@ def _run(name, devices, steps=2):
                                      options=OPTIONS)
     optimizer = supervised.make_optimizer(supervised.SupervisedConfig(workdir="w",
                                                                       learning_rate=1e-2))
-    extra = method.weighting.init(3) if method.weighting is not None else {}
+    extra = method.init_state(3)
     mesh = mesh_lib.make_mesh(devices)
     state = mesh_lib.put_replicated(train_state.create(params, model_state, optimizer, extra),
                                     mesh)
@@ -67,7 +67,7 @@ def test_the_jacobian_mean_equals_equal_weighting_on_the_shared_trunk():
     for name in ("mean", "equal"):
         method = methods_lib.make_method(name, num_tasks=3, steps_per_epoch=1,
                                          task_indexed=False, options=OPTIONS)
-        extra = method.weighting.init(3) if method.weighting is not None else {}
+        extra = method.init_state(3)
         state = train_state.create(params, model_state, tx, extra)
         new, _ = jax.jit(step_lib.make_train_step(model, TASKS, method, tx, 0))(state, batch)
         results[name] = jax.tree.map(lambda a, b: a - b, new.params, params)
