@@ -140,6 +140,14 @@ def load_benchmark(name: str, *, data_dir: str | None, second_data_dir: str | No
             raise ConfigError(f"--tasks names {', '.join(unknown)}, which --benchmark={name} "
                               f"does not have; its tasks are {', '.join(tasks)}")
         tasks = {t: tasks[t] for t in only_tasks}
+        if task_indexed:  # keep only the examples of the chosen tasks
+            splits = {name: _of_tasks(split, tasks) for name, split in splits.items()}
     train, val = arrays.split_validation(splits["train"], val_size, seed=seed)
     return Benchmark(splits={"train": train, "val": val, "test": splits["test"]}, tasks=tasks,
                      task_indexed=task_indexed)
+
+
+def _of_tasks(split: arrays.Arrays, tasks: dict[str, Task]) -> arrays.Arrays:
+    """The examples of task-indexed data that belong to `tasks`."""
+    ids = [int(name.removeprefix("school")) for name in tasks]
+    return split.take(np.flatnonzero(np.isin(split.y[TASK_INDEX], ids)))

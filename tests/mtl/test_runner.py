@@ -124,3 +124,14 @@ def test_the_entry_point_exits_2_with_one_line_on_bad_input(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "unknown --method='adamw'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_school_subset_keeps_only_its_own_examples(tmp_path):
+    from mtl.data import TASK_INDEX, load_benchmark
+    write_fake_school(str(tmp_path / "school.mat"), n_tasks=4, seed=0, students=(20, 30))
+    benchmark = load_benchmark("school", data_dir=str(tmp_path), val_size=4,
+                               only_tasks=("school001", "school003"))
+    assert list(benchmark.tasks) == ["school001", "school003"]
+    assert benchmark.task_ids == {"school001": 1, "school003": 3}
+    for split in benchmark.splits.values():
+        assert set(split.y[TASK_INDEX].tolist()) == {1, 3}
