@@ -68,8 +68,15 @@ class Heads(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
-        return {task: task_head(width, self.hidden, self.kernel_init, name=task)(features)
+    def __call__(self, features: jax.Array | Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Every head on `features`, or each task's head on `features[task]` (a mapping).
+
+        Per-task features are the same features given separately to each head, so that
+        one backward pass yields each task's gradient w.r.t. them (`mtl.jacobian`).
+        """
+        per_task = (features if isinstance(features, Mapping)
+                    else {task: features for task in self.outputs})
+        return {task: task_head(width, self.hidden, self.kernel_init, name=task)(per_task[task])
                 for task, width in self.outputs.items()}
 
 

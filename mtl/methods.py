@@ -14,13 +14,17 @@ shared *representation* instead of the shared parameters, which is only an
 upper bound when every task sees the same input: it is refused for
 task-indexed data.
 
-`mean` is the Jacobian-descent mean (TorchJD's `Mean`): the same direction
-as `equal` on the shared parameters, but it pays for the Jacobian; it exists
-so that gradient methods are compared with their own baseline.
+`mean` is the Jacobian-descent mean (TorchJD's `Mean`): the direction of
+`equal` on the shared parameters, while each head gets its own task's whole
+gradient (not 1/k of it). Like `constant`, its weights do not depend on J, so
+`A(J) = w^T J` is computed as the gradient of `w^T L` (one backward pass;
+`Method.fixed_weights`) instead of from the Jacobian.
 """
 
 import dataclasses
 from typing import Any, Mapping
+
+import jax.numpy as jnp
 
 from core.errors import ConfigError
 from mtl import aggregators as aggregators_lib
@@ -30,6 +34,8 @@ LOSS_WEIGHTING_METHODS = tuple(loss_weighting.LOSS_WEIGHTINGS)
 AGGREGATOR_METHODS = ("mean", "constant", "mgda", "mgda_ub", "pcgrad", "upgrad", "dualproj",
                       "imtl_g", "aligned_mtl", "cagrad", "nash_mtl", "config", "graddrop")
 METHODS = LOSS_WEIGHTING_METHODS + AGGREGATOR_METHODS
+# Aggregators whose weights ignore the Jacobian: A(J) = w^T J = the gradient of w^T L.
+FIXED_WEIGHT_AGGREGATORS = ("mean", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Method:
       on_representation: aggregate gradients w.r.t. the shared representation
         (MGDA-UB) rather than the shared parameters.
       mgda_normalization: MGDA's gradient normalisation ('none', 'l2', 'loss', 'loss+').
+      fixed_weights: the aggregator's weights when they do not depend on the
+        Jacobian (`mean`, `constant`): the step then needs no Jacobian.
     """
 
     name: str
@@ -50,6 +58,7 @@ class Method:
     aggregator: aggregators_lib.Aggregator | None = None
     on_representation: bool = False
     mgda_normalization: str = "none"
+    fixed_weights: tuple[float, ...] | None = None
 
     @property
     def needs_jacobian(self) -> bool:
@@ -124,5 +133,8 @@ def make_method(name: str, *, num_tasks: int, steps_per_epoch: int, task_indexed
     aggregator = aggregators_lib.make_aggregator(
         base, **_aggregator_hyperparams(base, options, num_tasks))
     normalization = options["mgda_normalization"] if base == "mgda" else "none"
+    fixed = None
+    if base in FIXED_WEIGHT_AGGREGATORS:
+        fixed = tuple(float(w) for w in aggregator.weighting(jnp.zeros((num_tasks, num_tasks))))
     return Method(name=name, aggregator=aggregator, on_representation=name == "mgda_ub",
-                  mgda_normalization=normalization)
+                  mgda_normalization=normalization, fixed_weights=fixed)

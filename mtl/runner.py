@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import conv
 from core import evaluate as evaluate_lib
 from core import experiment
 from core import networks
@@ -71,6 +72,9 @@ class MtlRunConfig(supervised.SupervisedConfig):
                                       "after each block; mmoe: shared experts, one gate per "
                                       "task; hierarchical: each task's head at its own depth.",
                                choices=ARCHITECTURES)
+    conv_impl: str = option("auto", "Convolutions of the LeNet trunks: xla, im2col, or auto "
+                            "(im2col on CPU, where it is faster; xla elsewhere).",
+                            choices=("auto",) + conv.CONV_IMPLS)
     num_experts: int = option(4, "Experts of --architecture=mmoe.", minimum=1)
     hierarchy_widths: tuple[int, ...] = option((64, 64), "Dense blocks of "
                                                          "--architecture=hierarchical.")
@@ -109,13 +113,18 @@ class MtlRunConfig(supervised.SupervisedConfig):
         return f"runs/mtl_{self.benchmark}_{tasks}_{self.method}_s{self.seed}"
 
 
+def _conv_impl(config: MtlRunConfig) -> str:
+    return conv.default_conv_impl() if config.conv_impl == "auto" else config.conv_impl
+
+
 def _trunk(config: MtlRunConfig):
     """(the benchmark's shared trunk, its heads' hidden widths)."""
     dropout = config.dropout
     if config.benchmark.startswith("multi_"):
-        return networks.MultiLeNetTrunk(dropout_rate=dropout or 0.5), (50,)
+        return networks.MultiLeNetTrunk(conv_impl=_conv_impl(config),
+                                        dropout_rate=dropout or 0.5), (50,)
     if config.benchmark == "rotated_mnist":
-        return networks.LeNetTrunk(dropout_rate=dropout), ()
+        return networks.LeNetTrunk(conv_impl=_conv_impl(config), dropout_rate=dropout), ()
     if config.benchmark == "school":
         return networks.MLPTrunk(hidden=(64,), dropout_rate=dropout), ()
     return networks.MLPTrunk(hidden=(64, 128, 128), dropout_rate=dropout), ()
@@ -126,8 +135,9 @@ def _stitched_blocks(config: MtlRunConfig, trunk) -> tuple:
     if isinstance(trunk, networks.MLPTrunk):
         return tuple(architectures.DenseBlock(w, dropout_rate=config.dropout)
                      for w in trunk.hidden)
-    return (architectures.ConvBlock(10, (5, 5), padding="VALID"),
-            architectures.ConvBlock(20, (5, 5), padding="VALID"),
+    impl = _conv_impl(config)
+    return (architectures.ConvBlock(10, (5, 5), padding="VALID", conv_impl=impl),
+            architectures.ConvBlock(20, (5, 5), padding="VALID", conv_impl=impl),
             architectures.DenseBlock(50, dropout_rate=config.dropout))
 
 

@@ -1,8 +1,9 @@
 """Small fixed-iteration solvers behind the Gramian weightings of `mtl.weightings`.
 
-Every solver works on a k x k Gramian (k = number of tasks, small), runs a number of
-iterations fixed at trace time (so it compiles once under `jax.jit` and never calls back
-into Python) and returns weights in the Gramian's float dtype.
+Every solver works on a k x k Gramian (k = number of tasks, small), runs at most a number
+of iterations fixed at trace time (so it compiles once under `jax.jit` and never calls back
+into Python; the iterative ones stop early once converged) and returns weights in the
+Gramian's float dtype.
 
 - `solve_qp`: exact primal active-set method (Lawson-Hanson for `x >= 0`, Wolfe's
   min-norm-point method when `1^T x = 1` is added) for
@@ -36,6 +37,26 @@ def normalize_gramian(gramian: jax.Array, eps: float) -> jax.Array:
 def regularize_gramian(gramian: jax.Array, eps: float) -> jax.Array:
     """Returns `G + eps I`, positive definite even when rounding made `G` slightly not."""
     return gramian + eps * jnp.eye(gramian.shape[0], dtype=gramian.dtype)
+
+
+def _iterate_until_done(n_iter: int, step, state):
+    """Applies `step` to `state` (whose last entry is a `done` flag) up to `n_iter` times.
+
+    Stops as soon as `done` is set. Every `step` here leaves its state unchanged once done,
+    so the result is that of exactly `n_iter` iterations, but a solver that converged in
+    three iterations costs three, not `n_iter` (a `while_loop`, which `jit` and `vmap`
+    accept; under `vmap` it runs until every batch member is done).
+    """
+
+    def cond(carry):
+        i, inner = carry
+        return (i < n_iter) & ~inner[-1]
+
+    def body(carry):
+        i, inner = carry
+        return i + 1, step(inner)
+
+    return jax.lax.while_loop(cond, body, (jnp.array(0), state))[1]
 
 
 def default_qp_iterations(k: int) -> int:
@@ -135,9 +156,8 @@ def solve_qp(
         free = jnp.zeros(k, dtype=bool)
         x = jnp.zeros(k, dtype=q.dtype)
     state = (x, free, jnp.array(False))
-    x, _, _ = jax.lax.fori_loop(
-        0, n_iter, lambda _, s: _active_set_step(q, c, simplex, tol, s), state
-    )
+    x, _, _ = _iterate_until_done(n_iter, lambda s: _active_set_step(q, c, simplex, tol, s),
+                                  state)
     return x
 
 
@@ -171,7 +191,7 @@ def min_norm_frank_wolfe(gramian: jax.Array, n_iter: int, epsilon: float) -> jax
     """
     k = gramian.shape[0]
 
-    def step(_, state):
+    def step(state):
         w, stopped = state
         gw = gramian @ w
         t = jnp.argmin(gw)
@@ -182,7 +202,7 @@ def min_norm_frank_wolfe(gramian: jax.Array, n_iter: int, epsilon: float) -> jax
         return jnp.where(stopped, w, w_new), stopped | (gamma < epsilon)
 
     w0 = jnp.full((k,), 1.0 / k, dtype=gramian.dtype)
-    w, _ = jax.lax.fori_loop(0, n_iter, step, (w0, jnp.array(False)))
+    w, _ = _iterate_until_done(n_iter, step, (w0, jnp.array(False)))
     return w
 
 

@@ -6,9 +6,13 @@ batch, then, by the method's kind (`mtl.methods`):
 * loss weighting: `total, weights, extra = weighting.update(L, extra)` and one
   gradient of `total` (its state lives in `TrainState.extra`);
 * gradient aggregator: the k x n Jacobian J = ∂L/∂θ_shared from one forward
-  pass and k vector-Jacobian products (`vmap` over the rows of the identity:
-  no Python-level loop of backward passes), the update `A(J)` for the shared
+  pass and k vector-Jacobian products, vectorised (`mtl.jacobian`: no
+  Python-level loop of backward passes; for a `TrunkAndHeads` model the k
+  products run through the trunk only), the update `A(J)` for the shared
   parameters θ_shared and, for each head, its own task's gradient;
+* an aggregator with fixed weights w (`mean`, `constant`): A(J) = w^T J is the
+  gradient of w^T L on the shared parameters, so it costs one backward pass,
+  not k (the heads get their tasks' gradients as above);
 * MGDA-UB: the min-norm weights from the Jacobian w.r.t. the shared
   representation z = trunk(x), then one gradient of Σ_k w_k L_k.
 
@@ -30,12 +34,13 @@ from core import networks
 from core import supervised
 from core import train_state as train_state_lib
 from mtl import aggregators as aggregators_lib
+from mtl import jacobian as jacobian_lib
 from mtl import loss_weighting
 from mtl.data import TASK_INDEX
+from mtl.jacobian import is_head_path
 from mtl.methods import Method
 from mtl.tasks import Task, per_example_loss, per_example_metrics
 
-HEADS = "heads"
 # Per-task scalars are logged for at most this many tasks (School has 139).
 MAX_LOGGED_TASKS = 16
 
@@ -78,40 +83,10 @@ def losses_from_outputs(tasks: Mapping[str, Task], outputs: Mapping[str, jax.Arr
     return jnp.stack(losses)
 
 
-def is_head_path(path: tuple, tasks: Mapping[str, Task]) -> bool:
-    """Whether a parameter path belongs to a task head (not shared)."""
-    first = getattr(path[0], "key", path[0])
-    return first == HEADS or first in tasks
-
-
-def _split(tree, tasks) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, _: is_head_path(p, tasks), tree)
-
-
-def _aggregate(method: Method, jacobian_tree, losses, tasks, key):
-    """(gradient pytree, weights): A(J) on the shared leaves, own-task gradients on heads."""
-    heads = _split(jacobian_tree, tasks)
-    leaves, treedef = jax.tree.flatten(jacobian_tree)
-    is_head = jax.tree.leaves(heads)
-    k = losses.shape[0]
-    shared = [leaf.reshape(k, -1) for leaf, h in zip(leaves, is_head) if not h]
-    matrix = jnp.concatenate(shared, axis=1)
-    agg = method.aggregator
-    if method.mgda_normalization != "none":
-        normalized = aggregators_lib.mgda_normalize(matrix, losses, method.mgda_normalization)
-        weights = agg.weighting(normalized @ normalized.T, key)
-        update = weights @ matrix
-    else:
-        update, weights = agg(matrix, key)
-    grads, offset = [], 0
-    for leaf, head in zip(leaves, is_head):
-        if head:
-            grads.append(jnp.sum(leaf, axis=0))  # a head depends on its own task only
-        else:
-            size = leaf[0].size
-            grads.append(update[offset:offset + size].reshape(leaf.shape[1:]))
-            offset += size
-    return jax.tree.unflatten(treedef, grads), weights
+def _stop_shared_gradient(params, tasks):
+    """`params` with `stop_gradient` on every shared (non-head) leaf."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, leaf: leaf if is_head_path(p, tasks) else jax.lax.stop_gradient(leaf), params)
 
 
 def _last_shared_layer(params) -> tuple[str, str]:
@@ -167,11 +142,35 @@ def make_train_step(model, tasks: Mapping[str, Task], method: Method,
             total_fn, has_aux=True)(state.params)
         return grads, losses, weights, extra, new_state
 
+    def fixed_weights(state, batch, rng, key):
+        # A(J) = w^T J with w fixed is the gradient of w^T L on the shared parameters; the
+        # second term gives every head parameter the sum of its tasks' gradients, as
+        # `mtl.jacobian.aggregate` does. Its forward pass is the first one's (stop_gradient is the
+        # identity there), which XLA computes once.
+        del key
+        weights = jnp.asarray(method.fixed_weights, jnp.float32)
+
+        def total_fn(params):
+            losses, new_state = losses_fn(params, state.model_state, batch, rng)
+            detached = _stop_shared_gradient(params, tasks)
+            head_losses, _ = losses_fn(detached, state.model_state, batch, rng)
+            total = jnp.dot(weights, losses) + jnp.dot(1.0 - weights, head_losses)
+            return total, (losses, new_state)
+
+        (_, (losses, new_state)), grads = jax.value_and_grad(total_fn, has_aux=True)(
+            state.params)
+        return grads, losses, weights.astype(losses.dtype), state.extra, new_state
+
     def aggregated(state, batch, rng, key):
-        losses, vjp, new_state = jax.vjp(
-            lambda p: losses_fn(p, state.model_state, batch, rng), state.params, has_aux=True)
-        (jacobian,) = jax.vmap(vjp)(jnp.eye(len(names), dtype=losses.dtype))
-        grads, weights = _aggregate(method, jacobian, losses, tasks, key)
+        if isinstance(model, networks.TrunkAndHeads):
+            losses, jacobian, new_state = jacobian_lib.trunk_and_heads_jacobian(
+                model, state.params, state.model_state, batch["x"], rng,
+                lambda outputs: losses_from_outputs(tasks, outputs, batch, task_ids,
+                                                    target_key))
+        else:
+            losses, jacobian, new_state = jacobian_lib.jacobian_by_vjp(
+                lambda p: losses_fn(p, state.model_state, batch, rng), state.params)
+        grads, weights = jacobian_lib.aggregate(method, jacobian, losses, tasks, key)
         return grads, losses, weights, state.extra, new_state
 
     def on_representation(state, batch, rng, key):
@@ -201,6 +200,8 @@ def make_train_step(model, tasks: Mapping[str, Task], method: Method,
 
     if method.on_representation:
         direction = on_representation
+    elif method.fixed_weights is not None:
+        direction = fixed_weights
     elif method.needs_jacobian:
         direction = aggregated
     else:

@@ -77,6 +77,32 @@ def test_the_jacobian_mean_equals_equal_weighting_on_the_shared_trunk():
                                3 * results["equal"]["heads"]["a"]["kernel"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("name,weights", [("mean", ()), ("constant", (0.0, 2.0, 0.5))])
+def test_fixed_weights_need_no_jacobian_and_give_its_result(name, weights):
+    # make_method gives `mean` / `constant` the one-backward path; the Method below, built
+    # without fixed_weights, takes the Jacobian path. Both must give the same update.
+    model, params, model_state, batch = _problem()
+    tx = supervised.make_optimizer(supervised.SupervisedConfig(workdir="w", optimizer="sgd",
+                                                               learning_rate=0.5))
+    options = dict(OPTIONS, weights=weights)
+    fast = methods_lib.make_method(name, num_tasks=3, steps_per_epoch=1, task_indexed=False,
+                                   options=options)
+    assert fast.fixed_weights is not None
+    jacobian = methods_lib.Method(name=name, aggregator=fast.aggregator)
+    results = []
+    for method in (fast, jacobian):
+        state = train_state.create(params, model_state, tx, method.init_state(3))
+        step = jax.jit(step_lib.make_train_step(model, TASKS, method, tx, 0))
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        results.append((state.params, metrics))
+    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for task in TASKS:
+        np.testing.assert_allclose(results[0][1][f"weight/{task}"],
+                                   results[1][1][f"weight/{task}"], rtol=1e-6)
+
+
 def test_mgda_ub_is_refused_for_task_indexed_data():
     from core.errors import ConfigError
     with pytest.raises(ConfigError, match="mgda_ub.*same input"):
