@@ -80,3 +80,62 @@ def on_pareto_set(x: jax.Array, tolerance: float = 0.1) -> bool:
     """Whether x is within `tolerance` of the Pareto set {x2 = −8.3552, −7 ≤ x1 ≤ 7}."""
     return bool(abs(float(x[1]) - PARETO_X2) <= tolerance
                 and -7 - tolerance <= float(x[0]) <= 7 + tolerance)
+
+
+def gradnorm_toy_data(sigmas: tuple[float, ...] = (1.0, 100.0), *, num_examples: int = 10_000,
+                      seed: int = 123) -> dict[str, Any]:
+    """GradNorm's toy regression (Chen et al. 2018, §4): tasks that differ only in scale.
+
+        f_i(x) = σ_i · tanh((B + ε_i) x),   x ∈ ℝ^250 ~ N(0, I),   f_i(x) ∈ ℝ^100
+        B ~ N(0, 10²) shared,   ε_i ~ N(0, 3.5²) per task (both read as standard deviations,
+        as the public ports do)
+
+    Returns:
+      {'x': [n, 250], 'y': {'t<i>': [n, 100]}}, float32, from `numpy.random.default_rng(seed)`.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0.0, 10.0, size=(100, 250))
+    x = rng.normal(size=(num_examples, 250))
+    targets = {}
+    for i, sigma in enumerate(sigmas):
+        eps = rng.normal(0.0, 3.5, size=(100, 250))
+        targets[f"t{i}"] = (sigma * np.tanh(x @ (shared + eps).T)).astype(np.float32)
+    return {"x": x.astype(np.float32), "y": targets}
+
+
+def train_gradnorm_toy(method: Method, data: dict[str, Any], *, steps: int,
+                       learning_rate: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+    """Full-batch Adam on the toy with the paper's model: 4 ReLU layers of 100, linear heads.
+
+    Runs the library's multi-task step (`mtl.step`), so GradNorm acts on the last
+    shared layer as in a real run.
+
+    Returns:
+      {'loss_ratios': [steps, k] L_i(t) / L_i(0), 'weights': [steps, k] (None for
+      methods that report no weights)}.
+    """
+    import numpy as np
+
+    from core import networks
+    from core import train_state
+    from core.losses import split_variables
+    from mtl import step as step_lib
+    from mtl.tasks import Task
+
+    names = list(data["y"])
+    tasks = {n: Task(n, "regression", 100) for n in names}
+    model = networks.TrunkAndHeads(networks.MLPTrunk(hidden=(100,) * 4), {n: 100 for n in names})
+    params, model_state = split_variables(model.init(jax.random.PRNGKey(seed), data["x"][:1]))
+    optimizer = optax.adam(learning_rate)
+    state = train_state.create(params, model_state, optimizer, method.init_state(len(names)))
+    step = jax.jit(step_lib.make_train_step(model, tasks, method, optimizer, seed))
+    losses, weights = [], []
+    for _ in range(steps):
+        state, metrics = step(state, data)
+        losses.append([float(metrics[f"loss/{n}"]) for n in names])
+        if f"weight/{names[0]}" in metrics:
+            weights.append([float(metrics[f"weight/{n}"]) for n in names])
+    losses = np.asarray(losses)
+    return {"loss_ratios": losses / losses[0], "weights": np.asarray(weights) if weights else None}

@@ -51,3 +51,22 @@ def test_equal_weighting_stalls_off_the_pareto_set_from_9_9():
     end = toys.descend(_method("equal"), toys.STARTS[2], steps=35000, scale=0.1)["x"]
     assert not toys.on_pareto_set(end), end
     assert float(end[1]) > 0
+
+
+def test_gradnorm_toy_moves_weight_to_the_small_scale_task():
+    # Chen et al. (2018) §4, σ = (1, 100): equal weighting lets the σ = 1 task's loss ratio
+    # stall above its start while GradNorm (toy α = 0.12) raises that task's weight, Σ w = 2.
+    data = toys.gradnorm_toy_data((1.0, 100.0), num_examples=500)
+    options = {"weights": (), "dwa_temperature": 2.0, "weighting_lr": 1e-3,
+               "gradnorm_alpha": 0.12, "famo_lr": 0.025, "famo_gamma": 1e-3, "cagrad_c": 0.4,
+               "mgda_normalization": "none"}
+    runs = {}
+    for name in ("equal", "gradnorm"):
+        method = methods_lib.make_method(name, num_tasks=2, steps_per_epoch=1,
+                                         task_indexed=False, options=options)
+        runs[name] = toys.train_gradnorm_toy(method, data, steps=150)
+    assert runs["equal"]["loss_ratios"][-1, 0] > 1.0
+    assert runs["equal"]["loss_ratios"][-1, 1] < 1.0
+    weights = runs["gradnorm"]["weights"]
+    assert weights[-1, 0] > 1.2 > 0.8 > weights[-1, 1]
+    np.testing.assert_allclose(weights.sum(axis=1), 2.0, rtol=1e-5)
