@@ -26,6 +26,7 @@ import numpy as np
 from core import conv
 from core import evaluate as evaluate_lib
 from core import experiment
+from core import mesh as mesh_lib
 from core import networks
 from core import run_dir
 from core import supervised
@@ -223,7 +224,9 @@ def build(config: MtlRunConfig, mesh) -> experiment.Program:
     params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example,
                                                      train=False))
     optimizer = supervised.make_optimizer(config)
-    state = train_state.create(params, model_state, optimizer, method.init_state(len(tasks)))
+    # Placed on the mesh like the step's outputs, so the step compiles once, not twice.
+    state = mesh_lib.put_replicated(
+        train_state.create(params, model_state, optimizer, method.init_state(len(tasks))), mesh)
     task_ids, target_key = benchmark.task_ids, benchmark.target_key
     train_step = train_state.jit_step(step_lib.make_train_step(
         model, tasks, method, optimizer, config.seed, task_ids=task_ids, target_key=target_key),

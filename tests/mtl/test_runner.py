@@ -135,3 +135,18 @@ def test_a_school_subset_keeps_only_its_own_examples(tmp_path):
     assert benchmark.task_ids == {"school001": 1, "school003": 3}
     for split in benchmark.splits.values():
         assert set(split.y[TASK_INDEX].tolist()) == {1, 3}
+
+
+def test_the_train_step_compiles_once(tmp_path):
+    # The initial state is placed on the mesh as the step's outputs are; otherwise the
+    # second step compiles the program again.
+    import jax
+
+    from core import mesh as mesh_lib
+    config = runner.MtlRunConfig(workdir=str(tmp_path / "w"), benchmark="regression",
+                                 method="upgrad", val_size=100, num_steps=3, num_devices=1)
+    program = runner.build(config, mesh_lib.make_mesh(jax.devices()[:1]))
+    state = program.state
+    for step in range(3):
+        state, _ = program.train_step(state, program.batch_fn(step))
+    assert program.train_step._cache_size() == 1
