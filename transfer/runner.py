@@ -1,31 +1,38 @@
-"""A transfer run: its config, and the `build` that `core.experiment` runs.
+"""A transfer run: the `build` that `core.experiment` runs for every strategy.
 
 `experiment.train_and_evaluate(TransferRunConfig(...), build)` is what
-`python -m experiments.transfer` does once flags are parsed. One entry point
-makes both ends of a transfer experiment: the source is pretrained with
-`--strategy=scratch` (e.g. on MNIST digits 0-4), and its run directory is the
-`--source_workdir` of the target runs (e.g. digits 5-9, or Fashion-MNIST, with
-10 or 100 labels per class), one per strategy (`transfer.strategies`).
+`python -m experiments.transfer` does once flags are parsed (the config and
+its checks are `transfer.config`). One entry point makes both ends of a
+transfer experiment: the source is pretrained with `--strategy=scratch`
+(e.g. on MNIST digits 0-4), and its run directory is the `--source_workdir`
+of the target runs (e.g. digits 5-9, or Fashion-MNIST, with 10 or 100 labels
+per class), one per strategy (`transfer.strategies`).
 
 `build` supplies what is transfer's own: the target data (`transfer.data`),
 the network cut to `--keep_blocks` (`transfer.networks`), its initial
 parameters and parameter groups (`transfer.strategies`), and the grouped or
 LP-FT step (`transfer.steps`); feature extraction trains the head on the
-frozen trunk's features computed once (`transfer.features`). The run
-directory, loop, checkpoints, selection, test and resume are
-`core.experiment`'s.
+frozen trunk's features computed once (`transfer.features`). Distillation's
+step and teacher are `transfer.distillation`'s; the domain adaptation
+strategies (source_only, dann) build their own Program in
+`transfer.domain_adaptation` from the same `prepare`. Every strategy but
+feature extraction can augment its training images inside the jitted step
+(`--augment`, `transfer.augment`). The run directory, loop, checkpoints,
+selection, test and resume are `core.experiment`'s.
 
 Resume rule (big_vision, scenic): a checkpoint in the run directory wins over
-the source. The loop restores parameters, optimizer states and L2-SP's
-anchor (kept in the train state) from it, and feature extraction computes
-its cached features from the checkpoint's trunk, so a resumed run never mixes
-in a source that changed since it started (the source must still be readable:
-it is where the per-path record comes from).
+the source. The loop restores parameters, optimizer states, L2-SP's anchor
+and distillation's teacher (kept in the train state) from it, and feature
+extraction computes its cached features from the checkpoint's trunk, so a
+resumed run never mixes in a source that changed since it started (the
+source must still be readable: it is where the per-path record comes from).
 
 The run directory gets transfer.json (every parameter path: loaded from which
 source path or initialised, frozen or trained, its learning rate; the
-strategy and the source) and results.json's test block {'accuracy', 'loss',
-'num_examples'} with `strategy` and `source`.
+strategy, the source, the augmentation pipeline and where its name came
+from, the teacher) and results.json's test block {'accuracy', 'loss',
+'num_examples'} with `strategy` and `source` (distillation adds the
+teacher's test accuracy and its agreement with the student).
 """
 
 import dataclasses
@@ -40,136 +47,24 @@ from core import conv
 from core import evaluate as evaluate_lib
 from core import experiment
 from core import mesh as mesh_lib
-from core import run_dir
-from core import supervised
 from core import train_state
 from core.datasets import arrays
 from core.errors import ConfigError, DataError
-from core.experiment import option, override
+from transfer import augment as augment_lib
 from transfer import data as data_lib
+from transfer import distillation
+from transfer import domain_adaptation
 from transfer import features as features_lib
 from transfer import networks
 from transfer import steps
 from transfer import strategies as strategies_lib
-from transfer.strategies import LOADING, PER_BLOCK, STRATEGIES
+from transfer.config import TransferRunConfig, check_resumed
+from transfer.strategies import DOMAIN_ADAPTATION, PER_BLOCK, RECORD_FILE, STRATEGIES
+
+__all__ = ["TransferRunConfig", "STRATEGIES", "RECORD_FILE", "Target", "prepare", "build",
+           "report"]
 
 SELECT_METRIC = "accuracy"
-RECORD_FILE = "transfer.json"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TransferRunConfig(supervised.SupervisedConfig):
-    """Everything that defines a transfer run (the flags of `experiments.transfer`)."""
-
-    num_steps: int = override(2000)
-    eval_every: int = override(200)
-    checkpoint_every: int = override(500)
-    source_workdir: str | None = option(None, "The source: a run directory of this library "
-                                              "(e.g. a --strategy=scratch pretraining run).")
-    source_params: str | None = option(None, "The source as an .npz file "
-                                             "(transfer.params.save_npz), instead of "
-                                             "--source_workdir.")
-    which: str = option("best", "The source run's checkpoint: the best-validation one or the "
-                                "latest.", choices=("best", "latest"))
-    dataset: str = option("mnist", "The target dataset.", choices=data_lib.DATASETS)
-    data_dir: str | None = option(None, "Folder with the dataset's four official IDX files "
-                                        "(read only).", resumable=True)
-    classes: tuple[int, ...] = option((), "The target's class ids, relabelled 0..n-1 in this "
-                                          "order (e.g. 5,6,7,8,9); default: all ten.")
-    train_per_class: int = option(0, "Training examples per class, drawn by --data_seed "
-                                     "(0: all).", minimum=0)
-    data_seed: int = option(0, "Seed of the validation split and the per-class subsampling.",
-                            minimum=0)
-    network: str = option("lenet", "The trunk (a fresh linear head goes on it).",
-                          choices=networks.NETWORKS)
-    mlp_hidden: tuple[int, ...] = option((256, 128), "Hidden widths of --network=mlp.")
-    conv_impl: str = option("auto", "Convolutions of the LeNet trunk: xla, im2col, or auto "
-                                    "(im2col on CPU, xla elsewhere).",
-                            choices=("auto",) + conv.CONV_IMPLS)
-    strategy: str = option("finetune", "scratch: fresh init; structure: the source's "
-                                       "architecture, fresh init; feature_extraction: frozen "
-                                       "trunk, head only; finetune: everything, per-block "
-                                       "learning rates; keep_blocks: the lowest --keep_blocks "
-                                       "blocks, fine-tuned; lp_ft: the head for --lp_steps, "
-                                       "then fine-tuning; l2_sp: fine-tuning pulled towards "
-                                       "the source.", choices=STRATEGIES)
-    keep_blocks: int = option(0, "Keep the lowest N trunk blocks and put the head on their "
-                                 "features (0: all blocks); needed by --strategy=keep_blocks.",
-                              minimum=0)
-    freeze_blocks: int = option(0, "Freeze the N lowest trunk blocks (per-block strategies).",
-                                minimum=0)
-    trunk_lr_scale: float = option(1.0, "Learning rate of the trunk's blocks as a multiple of "
-                                        "--learning_rate (e.g. 0.1; 0 freezes them).",
-                                   minimum=0.0)
-    layer_decay: float = option(1.0, "Layer-wise learning-rate decay in (0, 1]: block l of L "
-                                     "trains at decay**(L - l) times the trunk's rate.",
-                                minimum=0.0)
-    lp_steps: int = option(0, "Steps of linear probing before everything trains "
-                              "(--strategy=lp_ft).", minimum=0)
-    l2_sp_alpha: float = option(0.01, "L2-SP's α: pull of the loaded weights towards the "
-                                      "source.", minimum=0.0)
-    l2_sp_beta: float = option(0.01, "L2-SP's β: weight decay of the fresh head.",
-                               minimum=0.0)
-    dont_load: tuple[str, ...] = option((), "Patterns of trunk parameters kept at their fresh "
-                                            "init (the head always is).")
-    ignore_source: tuple[str, ...] = option((), "Patterns of source parameters the target has "
-                                                "no use for (e.g. another family's 'heads').")
-    zero_init_head: bool = option(False, "Start the head at zeros instead of a fresh init.")
-
-    def validate(self) -> None:
-        super().validate()
-        self._check_source()
-        self._check_strategy_options()
-
-    def _check_source(self) -> None:
-        """Exactly one source for the strategies that read one, none for scratch."""
-        if self.source_workdir and self.source_params:
-            raise ConfigError("give one source: --source_workdir or --source_params, not both")
-        has_source = bool(self.source_workdir or self.source_params)
-        if self.strategy == "scratch" and (has_source or self.dont_load or self.ignore_source):
-            raise ConfigError("--strategy=scratch trains from a fresh init and reads no source; "
-                              "drop --source_workdir/--source_params/--dont_load/"
-                              "--ignore_source")
-        if self.strategy != "scratch" and not has_source:
-            raise ConfigError(f"--strategy={self.strategy} needs a source: --source_workdir="
-                              f"<a run directory> or --source_params=<an .npz file>")
-        if self.dont_load and self.strategy not in LOADING:
-            raise ConfigError(f"--dont_load applies to strategies that load weights "
-                              f"({', '.join(LOADING)}), not {self.strategy}")
-
-    def _check_strategy_options(self) -> None:
-        """Each strategy's options set only where they act, and to what it needs."""
-        self._only_with(("freeze_blocks", "trunk_lr_scale", "layer_decay"), PER_BLOCK)
-        self._only_with(("lp_steps",), ("lp_ft",))
-        self._only_with(("l2_sp_alpha", "l2_sp_beta"), ("l2_sp",))
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"--layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.strategy == "lp_ft" and not 0 < self.lp_steps < self.num_steps:
-            raise ConfigError(f"--strategy=lp_ft needs --lp_steps >= 1 steps of linear probing, "
-                              f"fewer than --num_steps={self.num_steps} (then everything "
-                              f"trains); got --lp_steps={self.lp_steps}")
-        if self.strategy == "feature_extraction" and self.dropout:
-            raise ConfigError("--dropout acts on the trunk, which --strategy=feature_extraction "
-                              "runs once, in evaluation mode, to cache its features")
-        if self.strategy == "keep_blocks" and not self.keep_blocks:
-            raise ConfigError("--strategy=keep_blocks needs --keep_blocks >= 1 (the lowest "
-                              "trunk blocks kept)")
-        if self.strategy == "finetune" and self.keep_blocks:
-            raise ConfigError("--strategy=finetune fine-tunes the whole trunk; fine-tuning the "
-                              "lowest --keep_blocks blocks is --strategy=keep_blocks")
-
-    def _only_with(self, names: tuple[str, ...], strategies: tuple[str, ...]) -> None:
-        """Refuses a non-default value of `names` under a strategy that does not read it."""
-        defaults = experiment.field_options(type(self))
-        for name in names:
-            if getattr(self, name) != defaults[name]["default"] and self.strategy not in strategies:
-                raise ConfigError(f"--{name} applies to --strategy={'/'.join(strategies)}, "
-                                  f"not {self.strategy}")
-
-    def default_workdir(self) -> str:
-        classes = "".join(map(str, self.classes)) if self.classes else "all"
-        return (f"runs/transfer_{self.dataset}_{classes}_{self.strategy}_"
-                f"n{self.train_per_class}_s{self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +80,7 @@ class Target:
       initial: the initial parameters and their record.
       groups: the parameter groups (of the fine-tuning phase for LP-FT).
       probe: LP-FT's linear-probing groups; None otherwise.
-      source: the source, None for scratch.
+      source: the source, None for the fresh strategies.
       blocks: the trunk blocks the network keeps, lowest first.
       conv_impl: the resolved convolution implementation.
     """
@@ -268,10 +163,15 @@ def prepare(config: TransferRunConfig, mesh) -> Target:
                   conv_impl=conv_impl)
 
 
-def _state_and_step(config: TransferRunConfig, target: Target, logits):
+def _state_and_step(config: TransferRunConfig, target: Target, logits,
+                    teacher: distillation.Teacher | None):
     """(initial train state, pure step) of the strategy."""
     optimizer = steps.grouped_optimizer(config, target.groups)
     params = target.initial.params
+    if teacher is not None:
+        step = distillation.make_distill_step(logits, teacher, optimizer, config.seed,
+                                              config.distill_lambda, config.distill_temperature)
+        return distillation.distill_state(params, optimizer, teacher), step
     if config.strategy == "lp_ft":
         probe_optimizer = steps.grouped_optimizer(config, target.probe)
         step = steps.make_lp_ft_step(logits, (target.probe, probe_optimizer),
@@ -286,11 +186,18 @@ def _state_and_step(config: TransferRunConfig, target: Target, logits):
     return train_state.create(params, {}, optimizer, extra), step
 
 
-def _record(config: TransferRunConfig, target: Target) -> dict[str, Any]:
+def _record(config: TransferRunConfig, target: Target, augmentation: dict[str, Any],
+            teacher: distillation.Teacher | None) -> dict[str, Any]:
     """The content of transfer.json."""
     details = {"network": config.network, "kept_blocks": list(target.blocks),
                "dataset": config.dataset, "classes": list(target.data.classes),
-               "train_per_class": config.train_per_class}
+               "train_per_class": config.train_per_class, "augmentation": augmentation}
+    if teacher is not None:
+        details["teacher"] = teacher.describe()
+        details["distillation"] = {"lambda": config.distill_lambda,
+                                   "temperature": config.distill_temperature,
+                                   "loss": "CE + lambda T^2 KL(softmax(z_t/T) || "
+                                           "softmax(z_s/T))"}
     if config.strategy == "lp_ft":
         details["lp_steps"] = config.lp_steps
     if config.strategy == "feature_extraction":
@@ -300,11 +207,28 @@ def _record(config: TransferRunConfig, target: Target) -> dict[str, Any]:
                                           target.groups, target.probe, l2_sp, **details)
 
 
+def _teacher(config: TransferRunConfig, target: Target) -> distillation.Teacher | None:
+    """Distillation's teacher, rebuilt from its run directory; None for other strategies."""
+    if config.strategy != "distill":
+        return None
+    student = {"dataset": config.dataset, "val_size": config.val_size,
+               "data_seed": config.data_seed}
+    return distillation.load_teacher(config.teacher_workdir, config.which, student,
+                                     target.data.classes, target.data.input_shape,
+                                     target.conv_impl)
+
+
 def build(config: TransferRunConfig, mesh) -> experiment.Program:
     """Transfer's part of a run: target data, network, initial parameters, groups, step."""
     target = prepare(config, mesh)
+    if config.strategy in DOMAIN_ADAPTATION:
+        return domain_adaptation.build(config, mesh, target)
+    teacher = _teacher(config, target)
+    pipeline, augmentation = augment_lib.resolve(config.augment, config.augment_origin())
+    check_resumed(config.workdir, {"resolved_augment": pipeline})
     logits = steps.logits_fn(target.model, target.on_features)
-    state, step = _state_and_step(config, target, logits)
+    state, step = _state_and_step(config, target, logits, teacher)
+    step = augment_lib.wrap_step(step, pipeline, config.seed)
     # Committed to the mesh as the step returns it, so the step compiles once.
     state = mesh_lib.put_replicated(state, mesh)
     eval_step = jax.jit(steps.make_eval_step(logits))
@@ -316,11 +240,17 @@ def build(config: TransferRunConfig, mesh) -> experiment.Program:
         del step
         return evaluate_lib.evaluate(eval_step, state, batches["val"])
 
+    teacher_step = (jax.jit(distillation.make_teacher_eval_step(teacher, logits))
+                    if teacher else None)
+
     def test(state) -> tuple[dict[str, Any], dict[str, float]]:
         metrics = evaluate_lib.evaluate(eval_step, state, batches["test"])
-        return dict(metrics, num_examples=batches["test"].num_examples), metrics
+        block = dict(metrics, num_examples=batches["test"].num_examples)
+        if teacher_step is not None:
+            block["teacher"] = evaluate_lib.evaluate(teacher_step, state, batches["test"])
+        return block, metrics
 
-    record = _record(config, target)
+    record = _record(config, target, augmentation, teacher)
     source = target.source.path if target.source else None
     return experiment.Program(
         state=state, train_step=train_state.jit_step(step, mesh),
@@ -328,25 +258,24 @@ def build(config: TransferRunConfig, mesh) -> experiment.Program:
                                        config.seed, mesh),
         validate=validate if config.eval_every and len(target.splits["val"]) else None,
         test=test, select_metric=SELECT_METRIC, select_mode="max",
-        resolved={"resolved_conv_impl": target.conv_impl},
+        resolved={"resolved_conv_impl": target.conv_impl, "resolved_augment": pipeline},
         summary={"strategy": config.strategy, "source": source, "dataset": config.dataset,
                  "classes": list(target.data.classes),
                  "train_per_class": config.train_per_class,
                  "num_train_examples": len(target.splits["train"])},
-        finish=functools.partial(_write_record, record))
-
-
-def _write_record(record: dict[str, Any], workdir: str, results: dict[str, Any]) -> None:
-    del results
-    run_dir.atomic_write_text(os.path.join(workdir, RECORD_FILE), run_dir.to_json(record))
+        finish=functools.partial(strategies_lib.write_record, record))
 
 
 def report(results: dict[str, Any]) -> str:
     """The closing lines printed on the terminal."""
+    if results.get("da_target"):
+        return domain_adaptation.report(results)
     per_class = results["train_per_class"] or "all"
     source = results["source"] or "no source"
     test = results["test"]
     return (f"{results['strategy']} on {results['dataset']} classes "
             f"{','.join(map(str, results['classes']))} ({per_class} per class) from {source}:\n"
             f"  test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} "
-            f"({test['num_examples']} examples); per-parameter record in {RECORD_FILE}")
+            f"({test['num_examples']} examples); per-parameter record in {RECORD_FILE}"
+            + (f"\n  teacher test accuracy {test['teacher']['accuracy']:.4f}, agreement with "
+               f"the student {test['teacher']['agreement']:.4f}" if "teacher" in test else ""))

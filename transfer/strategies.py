@@ -15,6 +15,14 @@ trunk of named blocks and a fresh head, `transfer.networks`):
                                                             then per-block groups
     l2_sp                trunk loaded, head fresh           per-block groups, with
                                                             the L2-SP penalty
+    distill              fresh init, no source; a teacher   everything at lr
+                         run's logits in the loss
+                         (`transfer.distillation`)
+    source_only          fresh init, no source; tested on   everything at lr
+                         a target domain too
+                         (`transfer.domain_adaptation`)
+    dann                 fresh init, and a fresh domain     everything at lr
+                         classifier (`transfer.dann`)
 
 Per-block groups: the `freeze_blocks` lowest trunk blocks are frozen; trunk
 block l of L trains at lr * trunk_lr_scale * layer_decay**(L - l) (timm's
@@ -42,12 +50,16 @@ from transfer.params import (compile_pattern, flatten, match_path, read_source,
                              transfer_params, unflatten)
 
 STRATEGIES = ("scratch", "structure", "feature_extraction", "finetune", "keep_blocks",
-              "lp_ft", "l2_sp")
+              "lp_ft", "l2_sp", "distill", "source_only", "dann")
+FRESH = ("scratch", "distill", "source_only", "dann")
+DOMAIN_ADAPTATION = ("source_only", "dann")
 LOADING = ("feature_extraction", "finetune", "keep_blocks", "lp_ft", "l2_sp")
 PER_BLOCK = ("finetune", "keep_blocks", "lp_ft", "l2_sp")
 HEAD = "head"
 TRUNK = "trunk"
-_SOURCE_CONFIG_KEYS = ("dataset", "classes", "network", "strategy", "train_per_class", "seed")
+RECORD_FILE = "transfer.json"
+_SOURCE_CONFIG_KEYS = ("dataset", "classes", "network", "strategy", "train_per_class", "seed",
+                       "augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +141,7 @@ def initial_params(strategy: str, fresh: dict, source: Source | None, *,
     Args:
       strategy: one of `STRATEGIES`.
       fresh: the target network's freshly initialised parameters.
-      source: the pretrained parameters' origin; None only for 'scratch'.
+      source: the pretrained parameters' origin; None for the `FRESH` strategies.
       dropped_blocks: names of the trunk blocks the target does not keep.
       dont_load: further target patterns kept at their fresh init.
       ignore_source: further source patterns deliberately unused.
@@ -139,7 +151,7 @@ def initial_params(strategy: str, fresh: dict, source: Source | None, *,
       ConfigError: from `transfer_params` when the source does not fit.
       DataError: when the source is missing or unreadable.
     """
-    if strategy == "scratch":
+    if strategy in FRESH:
         params, record = _zeroed_head(fresh, zero_init_head)
         return Initial(params, record, [])
     tree = read_source(source.path, source.which or "best")
@@ -215,6 +227,12 @@ def transfer_record(strategy: str, source: Source | None, initial: Initial, grou
         parameters[path] = row
     return {"strategy": strategy, "source": source.describe() if source else None,
             **details, "parameters": parameters, "ignored_source": initial.ignored_source}
+
+
+def write_record(record: dict[str, Any], workdir: str, results: dict[str, Any]) -> None:
+    """Writes transfer.json (a `Program.finish`: after results.json)."""
+    del results
+    run_dir.atomic_write_text(os.path.join(workdir, RECORD_FILE), run_dir.to_json(record))
 
 
 def source_from(source_workdir: str | None, source_params: str | None,

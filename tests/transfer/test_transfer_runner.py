@@ -14,14 +14,14 @@ import pytest
 
 from core import experiment
 from core import mesh as mesh_lib
-from core.datasets.fake_idx import write_fake_idx_dataset
 from core.errors import ConfigError, DataError
 from core.metrics import read_metrics
+from tests.transfer.transfer_fixtures import (LR, Interrupted, interrupted_at, make_config,
+                                              rows, train)
 from transfer import runner
 from transfer.params import flatten, save_npz
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LR = 0.01
 # Per strategy: the options of its target run.
 STRATEGY_OPTIONS = {
     "scratch": {},
@@ -35,19 +35,8 @@ STRATEGY_OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mnist")
-    write_fake_idx_dataset(str(path), n_train=100, n_test=40)
-    return str(path)
-
-
-def _config(workdir, data_dir, **overrides):
-    base = dict(workdir=str(workdir), data_dir=data_dir, network="mlp", mlp_hidden=(16, 12, 8),
-                learning_rate=LR, val_size=10, batch_size=8, eval_batch_size=16, num_steps=4,
-                eval_every=4, checkpoint_every=4, log_every=1, num_devices=1, progress=False)
-    base.update(overrides)
-    return runner.TransferRunConfig(**base)
+_config = make_config
+_train = train
 
 
 def _target(workdir, data_dir, source, strategy, **overrides):
@@ -56,23 +45,6 @@ def _target(workdir, data_dir, source, strategy, **overrides):
     if strategy != "scratch":
         options["source_workdir"] = source
     return _config(workdir, data_dir, **dict(options, **overrides))
-
-
-def _train(config, build=runner.build):
-    return experiment.train_and_evaluate(config, build)
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory, mnist_dir):
-    """The source run, digits 0-4 from scratch: (workdir, results)."""
-    workdir = tmp_path_factory.mktemp("source") / "run"
-    return workdir, _train(_config(workdir, mnist_dir, strategy="scratch",
-                                   classes=(0, 1, 2, 3, 4), train_per_class=4))
-
-
-@pytest.fixture(scope="module")
-def source(source_run):
-    return str(source_run[0])
 
 
 @pytest.fixture(scope="module")
@@ -169,36 +141,12 @@ def test_feature_extraction_trains_on_features_equal_to_recomputed_ones(target_r
     assert runner.build(config, mesh).batch_fn(0)["x"].shape == (8, 8)
 
 
-class _Interrupted(Exception):
-    """Stands for a kill: raised when a given step's batch is requested."""
-
-
-def _interrupted_at(step_to_stop):
-    def build(config, mesh):
-        program = runner.build(config, mesh)
-        batches = program.batch_fn
-
-        def batch_fn(step):
-            if step == step_to_stop:
-                raise _Interrupted
-            return batches(step)
-
-        program.batch_fn = batch_fn
-        return program
-
-    return build
-
-
-def _rows(workdir):
-    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(workdir)]
-
-
 def test_lp_ft_interrupted_before_its_switch_resumes_bit_identically(
         target_runs, tmp_path, mnist_dir, source):
     full_dir, full = target_runs("lp_ft")
     config = _target(tmp_path / "run", mnist_dir, source, "lp_ft", checkpoint_every=2)
-    with pytest.raises(_Interrupted):
-        _train(config, _interrupted_at(3))
+    with pytest.raises(Interrupted):
+        _train(config, interrupted_at(3))
     probed = experiment.load_train_state(config.workdir, "latest")
     assert probed["step"] == 2
     source_params = experiment.load_params(source, "best")
@@ -209,7 +157,7 @@ def test_lp_ft_interrupted_before_its_switch_resumes_bit_identically(
     chex.assert_trees_all_equal(final, experiment.load_train_state(str(full_dir), "latest"))
     assert not np.array_equal(final["params"]["trunk"]["dense0"]["kernel"],
                               source_params["trunk"]["dense0"]["kernel"])
-    assert _rows(config.workdir) == _rows(full_dir)
+    assert rows(config.workdir) == rows(full_dir)
     probing = [r["probing"] for r in read_metrics(config.workdir, split="train")]
     assert probing == [1.0, 1.0, 1.0, 0.0]
 
