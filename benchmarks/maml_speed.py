@@ -25,7 +25,6 @@ import dataclasses
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -212,11 +211,10 @@ def _table() -> None:
                        f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads}",
                        f"--malloc_tuning={FLAGS.malloc_tuning}",
                        "--first_order" if first_order else "--nofirst_order"]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    print(f"failed: {' '.join(cmd)}\n{out.stderr[-1000:]}", file=sys.stderr)
+                row = cpu.measure_in_subprocess(cmd)
+                if row is None:
                     continue
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                rows.append(row)
                 print(_row(rows[-1]), flush=True)
     print("\n" + _header() + "\n" + "\n".join(_row(r) for r in rows))
     print(json.dumps(rows))

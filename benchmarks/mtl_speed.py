@@ -22,7 +22,6 @@ peer in ../shared/peers/torchjd_mtl.py; Adam 1e-3):
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -142,11 +141,10 @@ def _table() -> None:
                    f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
                    f"--threads={FLAGS.threads}", f"--conv_impl={FLAGS.conv_impl}",
                    f"--malloc_tuning={FLAGS.malloc_tuning}"]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(f"failed: {' '.join(cmd)}\n{out.stderr[-1000:]}", file=sys.stderr)
+            row = cpu.measure_in_subprocess(cmd)
+            if row is None:
                 continue
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(row)
             print(_row(rows[-1]), flush=True)
     print("\n" + _header() + "\n" + "\n".join(_row(r) for r in rows))
     print(json.dumps(rows))
