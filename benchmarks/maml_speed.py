@@ -238,17 +238,11 @@ def _num(value, digits: int) -> str:
 
 def main(argv):
     del argv
-    from core import runtime
-    runtime.reexec_with_malloc_tunables(FLAGS.malloc_tuning)
-    cpu.pin_threads(FLAGS.threads)
-    if FLAGS.table:
-        _table()
-        return
-    result = measure(FLAGS.config, FLAGS.first_order, FLAGS.strategy, FLAGS.steps,
-                     FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat, FLAGS.scan,
-                     FLAGS.bn_fast_variance)
-    print(_header() + "\n" + _row(result))
-    print(json.dumps(result))
+    cpu.run_main(FLAGS, _table,
+                 lambda: measure(FLAGS.config, FLAGS.first_order, FLAGS.strategy, FLAGS.steps,
+                                 FLAGS.warmup, FLAGS.inner_steps, FLAGS.remat, FLAGS.scan,
+                                 FLAGS.bn_fast_variance),
+                 lambda result: _header() + "\n" + _row(result))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ peer in ../shared/peers/torchjd_mtl.py; Adam 1e-3):
 """
 
 import json
-import resource
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -101,24 +98,10 @@ def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmu
     step = train_state.jit_step(step_lib.make_train_step(model, tasks, method, optimizer, 0),
                                 mesh)
     placed = mesh_lib.put_batch(batch_data, mesh)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, placed).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        state, metrics = compiled(state, placed)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, placed)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
+    _, state, metrics, compile_s, times = cpu.time_step(step, state, placed, steps, warmup)
     return {"config": config, "method": method_name, "tasks": len(tasks), "batch": batch,
             "conv_impl": conv_impl if config == "multimnist" else None,
-            "ms_per_step": 1000 * statistics.median(times),
-            "ms_per_step_min": 1000 * min(times), "compile_s": compile_s,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "loss": float(metrics["loss"]), "steps": steps}
+            **cpu.step_stats(times, compile_s), "loss": float(metrics["loss"]), "steps": steps}
 
 
 def _header() -> str:
@@ -152,16 +135,10 @@ def _table() -> None:
 
 def main(argv):
     del argv
-    from core import runtime
-    runtime.reexec_with_malloc_tunables(FLAGS.malloc_tuning)
-    cpu.pin_threads(FLAGS.threads)
-    if FLAGS.table:
-        _table()
-        return
-    result = measure(FLAGS.config, FLAGS.method, FLAGS.tasks, FLAGS.batch, FLAGS.steps,
-                     FLAGS.warmup, FLAGS.conv_impl)
-    print(_header() + "\n" + _row(result))
-    print(json.dumps(result))
+    cpu.run_main(FLAGS, _table,
+                 lambda: measure(FLAGS.config, FLAGS.method, FLAGS.tasks, FLAGS.batch,
+                                 FLAGS.steps, FLAGS.warmup, FLAGS.conv_impl),
+                 lambda result: _header() + "\n" + _row(result))
 
 
 if __name__ == "__main__":

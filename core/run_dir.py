@@ -250,3 +250,65 @@ __all__ = [
     'atomic_write_text', 'collect_versions', 'config_differences', 'read_results',
     'read_run_config', 'to_json', 'write_results', 'write_run_config',
 ]
+
+
+def finished_run_dirs(patterns: Collection[str]) -> list[str]:
+    """The run directories matching the glob `patterns` that hold a results.json, sorted.
+
+    The others (runs still going or interrupted) are listed on stderr and skipped.
+
+    Raises:
+      DataError: no finished run directory matches.
+    """
+    import glob
+    import sys
+    dirs = sorted({d for pattern in patterns for d in glob.glob(pattern) if os.path.isdir(d)})
+    finished = [d for d in dirs if os.path.exists(os.path.join(d, 'results.json'))]
+    if not finished:
+        raise DataError(f'no run directory with a results.json matches {list(patterns)}')
+    for d in sorted(set(dirs) - set(finished)):
+        print(f'skipped (no results.json yet): {d}', file=sys.stderr)
+    return finished
+
+
+def load_finished_results(workdir: str, kind: str, parse):
+    """`parse(results)` of `workdir`'s results.json, for the results tables.
+
+    Args:
+      workdir: a run directory.
+      kind: what the table expects ('multi-task', 'transfer'), for the message.
+      parse: results dict -> the table's record; a KeyError, TypeError or
+        ValueError in it means the file is not of that kind.
+
+    Raises:
+      DataError: the run has not finished, or its results.json is not of `kind`.
+    """
+    path = os.path.join(workdir, 'results.json')
+    try:
+        with open(path) as f:
+            return parse(json.load(f))
+    except FileNotFoundError:
+        raise DataError(f'{path} does not exist: the run has not finished (rerun its command '
+                        f'to resume it)') from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f'{path} is not a {kind} results.json ({e})') from None
+
+
+def print_results_table(patterns, summarize, markdown, json_path: str | None) -> int:
+    """The body of a `*_report` entry point: the table of the finished runs under `patterns`.
+
+    Returns:
+      The exit code: 0, or 2 after one line on stderr for bad input.
+    """
+    import sys
+    from core.errors import UserInputError
+    try:
+        table = summarize(finished_run_dirs(patterns))
+    except UserInputError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(markdown(table))
+    if json_path:
+        with open(json_path, 'w') as f:
+            json.dump(table, f, indent=2)
+    return 0

@@ -264,7 +264,7 @@ class LeNetTrunk(nn.Module):
             raise ValueError(f"LeNetTrunk has two convolutions; got filters={self.filters!r}")
         for i, features in enumerate(self.filters):
             x = Conv2D(features, (5, 5), impl=self.conv_impl, name=f"conv{i}")(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), (2, 2), padding="VALID")
+            x = max_pool2x2(nn.relu(x))
             x = _dropout(x, self.dropout_rate, train)
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate((120, 84)):

@@ -36,6 +36,10 @@ AGGREGATOR_METHODS = ("mean", "constant", "mgda", "mgda_ub", "pcgrad", "upgrad",
 METHODS = LOSS_WEIGHTING_METHODS + AGGREGATOR_METHODS
 # Aggregators whose weights ignore the Jacobian: A(J) = w^T J = the gradient of w^T L.
 FIXED_WEIGHT_AGGREGATORS = ("mean", "constant")
+# Methods whose weights read nothing of the batch: a task absent from a batch (task-indexed
+# data sampled uniformly) only lowers its loss term to 0. Every other method compares the
+# tasks' losses or gradients within the batch and reads an absent task as a solved one.
+BATCH_INDEPENDENT_METHODS = ("static", "equal", "sum", "rlw") + FIXED_WEIGHT_AGGREGATORS
 
 
 @dataclasses.dataclass(frozen=True)

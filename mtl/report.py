@@ -16,15 +16,13 @@ whose configs differ elsewhere.
 """
 
 import dataclasses
-import json
-import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
-from core.errors import ConfigError, DataError
+from core import run_dir
+from core.errors import ConfigError
+from core.stats import format_ci, mean_ci95
 from mtl import metrics as mtl_metrics
 
 # Config fields that may differ within one table: the run's identity and bookkeeping.
@@ -56,19 +54,14 @@ class Run:
 
 def read_run(workdir: str) -> Run:
     """The run in `workdir` (its results.json)."""
-    path = os.path.join(workdir, "results.json")
-    try:
-        with open(path) as f:
-            results = json.load(f)
+
+    def parse(results):
         config = results["config"]
         return Run(workdir=workdir, benchmark=config["benchmark"], method=config["method"],
                    tasks=tuple(results["task_names"]), seed=int(config["seed"]),
                    metrics=results["tasks"], config=config)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist: the run has not finished (rerun its command "
-                        f"to resume it)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not a multi-task results.json ({e})") from None
+
+    return run_dir.load_finished_results(workdir, "multi-task", parse)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -76,15 +69,6 @@ def higher_is_better(metric: str) -> bool:
         raise ConfigError(f"metric {metric!r} has no known direction; known: "
                           f"{', '.join(sorted(_HIGHER_IS_BETTER))}")
     return _HIGHER_IS_BETTER[metric]
-
-
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t interval); the width is nan for one value."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        return float(x.mean()), math.nan
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean()), float(half)
 
 
 def _check_same_protocol(runs: Sequence[Run]) -> None:
@@ -153,11 +137,6 @@ def summarize(runs: Iterable[Run]) -> dict[str, Any]:
     return table
 
 
-def _cell(value: tuple[float, float], digits: int = 2) -> str:
-    mean, half = value
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
 def markdown(table: Mapping[str, Any]) -> str:
     """One markdown table per benchmark, methods sorted by mean rank."""
     parts = []
@@ -181,9 +160,9 @@ def markdown(table: Mapping[str, Any]) -> str:
         for name in order:
             v = methods[name]
             row = [name, ",".join(map(str, v["seeds"]))]
-            row += [_cell(v["tasks"][t][m]) for t, m in columns]
+            row += [format_ci(v["tasks"][t][m]) for t, m in columns]
             if has_delta:
-                row += [_cell(v["delta_m"]), _cell(v["delta_p"])] if "delta_m" in v else ["", ""]
+                row += [format_ci(v["delta_m"]), format_ci(v["delta_p"])] if "delta_m" in v else ["", ""]
             if "mean_rank" in entry:
                 row.append(f"{entry['mean_rank'][name]:.2f}")
             lines.append("| " + " | ".join(row) + " |")

@@ -32,6 +32,7 @@ from core import run_dir
 from core import supervised
 from core import train_state
 from core.datasets import arrays
+from core.datasets import grouped
 from core.errors import ConfigError, DataError
 from core.experiment import option, override
 from core.losses import split_variables
@@ -40,7 +41,7 @@ from mtl import architectures
 from mtl import methods as methods_lib
 from mtl import metrics as mtl_metrics
 from mtl import step as step_lib
-from mtl.data import BENCHMARKS, Benchmark, load_benchmark
+from mtl.data import BENCHMARKS, TASK_INDEX, Benchmark, load_benchmark
 from mtl.tasks import REGRESSION_LOSSES
 
 ARCHITECTURES = ("hps", "cross_stitch", "mmoe", "hierarchical")
@@ -63,6 +64,11 @@ class MtlRunConfig(supervised.SupervisedConfig):
     second_data_dir: str | None = option(None, "The second dataset's folder "
                                                "(multi_fashion_mnist: MNIST).", resumable=True)
     data_seed: int = option(0, "Seed of the generated data (pairs, angles, splits).")
+    batch_per_task: int = option(0, "Task-indexed data (School): examples of every task in "
+                                    "each training batch, which then has tasks x this rows "
+                                    "(--batch_size is not used for training); 0 draws "
+                                    "--batch_size examples at random, so most tasks miss most "
+                                    "batches.", minimum=0)
     tasks: tuple[str, ...] = option((), "Train only these tasks (one task: a single-task "
                                         "baseline); default: all.")
     num_tasks: int = option(10, "Tasks of the generated regression benchmark.", minimum=1)
@@ -203,6 +209,29 @@ def _stl_baselines(config: MtlRunConfig) -> dict[str, dict[str, float]]:
     return baselines
 
 
+def _train_batches(config: MtlRunConfig, benchmark: Benchmark, mesh):
+    """The training batches: uniform, or `--batch_per_task` of every task (task-indexed data).
+
+    Raises:
+      ConfigError: `--batch_per_task` on data that are not task-indexed, or a method
+        that compares tasks within a batch on task-indexed data sampled uniformly.
+    """
+    train = benchmark.splits["train"]
+    if config.batch_per_task:
+        if not benchmark.task_indexed:
+            raise ConfigError(f"--batch_per_task is for task-indexed data (school); every "
+                              f"example of {config.benchmark} serves every task: use "
+                              f"--batch_size")
+        return grouped.grouped_batch_fn(train, train.y[TASK_INDEX], config.batch_per_task,
+                                        config.seed, mesh)
+    if benchmark.task_indexed and config.method not in methods_lib.BATCH_INDEPENDENT_METHODS:
+        raise ConfigError(f"--method={config.method} compares the tasks' losses or gradients "
+                          f"within each batch, but a uniform batch of {config.benchmark} misses "
+                          f"most tasks, which then look solved (zero loss, zero gradient): "
+                          f"set --batch_per_task (e.g. 1) to put every task in every batch")
+    return arrays.train_batch_fn(train, config.batch_size, config.seed, mesh)
+
+
 def build(config: MtlRunConfig, mesh) -> experiment.Program:
     """Multi-task learning's part of a run: data, model, method, per-task evaluation."""
     benchmark = load_benchmark(config.benchmark, data_dir=config.data_dir,
@@ -212,7 +241,8 @@ def build(config: MtlRunConfig, mesh) -> experiment.Program:
                                only_tasks=config.tasks)
     baselines = _stl_baselines(config)
     tasks = benchmark.tasks
-    steps_per_epoch = max(1, len(benchmark.splits["train"]) // config.batch_size)
+    batch_fn = _train_batches(config, benchmark, mesh)
+    steps_per_epoch = batch_fn.steps_per_epoch
     method = methods_lib.make_method(config.method, num_tasks=len(tasks),
                                      steps_per_epoch=steps_per_epoch,
                                      task_indexed=benchmark.task_indexed,
@@ -261,8 +291,7 @@ def build(config: MtlRunConfig, mesh) -> experiment.Program:
 
     return experiment.Program(
         state=state, train_step=train_step,
-        batch_fn=arrays.train_batch_fn(benchmark.splits["train"], config.batch_size,
-                                       config.seed, mesh),
+        batch_fn=batch_fn,
         validate=validate if config.eval_every and len(benchmark.splits["val"]) else None,
         test=test, select_metric=SELECT_METRIC, select_mode="min",
         summary={"benchmark": config.benchmark, "method": config.method,

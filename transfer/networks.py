@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from core.trunks import Conv2D
+from core.trunks import Conv2D, max_pool2x2
 
 NETWORKS = ("lenet", "mlp")
 LENET_FILTERS = (6, 16)
@@ -54,7 +54,7 @@ class LeNetBlocks(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         for i, features in enumerate(LENET_FILTERS[:self.num_blocks]):
             x = Conv2D(features, (5, 5), impl=self.conv_impl, name=f"conv{i}")(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), (2, 2), padding="VALID")
+            x = max_pool2x2(nn.relu(x))
             x = _dropout(x, self.dropout_rate, train)
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(LENET_WIDTHS[:max(0, self.num_blocks - 2)]):

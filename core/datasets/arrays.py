@@ -28,10 +28,11 @@ from jax.sharding import Mesh
 from core import mesh as mesh_lib
 from core.errors import ConfigError
 
-__all__ = ["Arrays", "EvalBatches", "split_validation", "train_batch_fn", "eval_batches"]
+__all__ = ["Arrays", "EvalBatches", "split_validation", "train_batch_fn", "eval_batches",
+           "is_int", "check_seed", "host_batch"]
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -101,13 +102,13 @@ def split_validation(train: Arrays, size: int, seed: int) -> tuple[Arrays, Array
       ConfigError: `size` is negative or leaves no training examples, or the
         seed is not a non-negative integer.
     """
-    if not _is_int(size) or size < 0:
+    if not is_int(size) or size < 0:
         raise ConfigError(f"--val_size must be a non-negative integer; got {size!r}.")
     if size >= len(train):
         raise ConfigError(
             f"--val_size={size} would leave no training examples: the training split has "
             f"only {len(train)}. Use --val_size < {len(train)} (0 for no validation).")
-    _check_seed(seed)
+    check_seed(seed)
     order = np.random.default_rng(seed).permutation(len(train))
     return train.take(np.sort(order[size:])), train.take(np.sort(order[:size]))
 
@@ -131,14 +132,14 @@ def train_batch_fn(data: Arrays, batch_size: int, seed: int, mesh: Mesh,
       ConfigError: the batch size is not positive, exceeds the number of
         examples or does not split over the devices, or the seed is invalid.
     """
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"{flag} must be a positive integer; got {batch_size!r}.")
     if batch_size > len(data):
         raise ConfigError(
             f"{flag}={batch_size} exceeds the {len(data)} training examples; "
             f"use {flag} <= {len(data)}.")
     mesh_lib.check_divisible(batch_size, mesh, flag)
-    _check_seed(seed)
+    check_seed(seed)
     return _TrainBatches(data, int(batch_size), int(seed), mesh)
 
 
@@ -154,12 +155,12 @@ class _TrainBatches:
         self._cached = (-1, None)  # (epoch, permutation), replaced as one tuple.
 
     def __call__(self, step: int) -> dict:
-        if not _is_int(step) or step < 0:
+        if not is_int(step) or step < 0:
             raise ConfigError(f"Training step must be a non-negative integer; got {step!r}.")
         epoch, position = divmod(int(step), self.steps_per_epoch)
         start = position * self._batch_size
         indices = self._permutation(epoch)[start:start + self._batch_size]
-        return mesh_lib.put_batch(_host_batch(self._data, indices), self._mesh)
+        return mesh_lib.put_batch(host_batch(self._data, indices), self._mesh)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         cached_epoch, order = self._cached
@@ -218,7 +219,7 @@ def eval_batches(data: Arrays, batch_size: int, mesh: Mesh,
       ConfigError: the batch size is not positive or does not split over the
         devices.
     """
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"{flag} must be a positive integer; got {batch_size!r}.")
     mesh_lib.check_divisible(batch_size, mesh, flag)
     return EvalBatches(data, int(batch_size), mesh)
@@ -240,7 +241,7 @@ def _pad_rows(rows: np.ndarray, batch_size: int) -> np.ndarray:
     return padded
 
 
-def _host_batch(data: Arrays, indices: np.ndarray) -> dict:
+def host_batch(data: Arrays, indices: np.ndarray) -> dict:
     """The examples at `indices` as a host batch, inputs converted for the model."""
     return {"x": _as_model_input(data.x[indices]),
             "y": {task: values[indices] for task, values in data.y.items()}}
@@ -253,6 +254,6 @@ def _as_model_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _check_seed(seed: object) -> None:
-    if not _is_int(seed) or seed < 0:
+def check_seed(seed: object) -> None:
+    if not is_int(seed) or seed < 0:
         raise ConfigError(f"The data seed must be a non-negative integer; got {seed!r}.")

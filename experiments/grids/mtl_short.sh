@@ -47,11 +47,6 @@ done
 multi 1
 multi 2
 
-mkdir -p "$OUT"
-for run in "${RUNS[@]}"; do
-  workdir=${run##*--workdir=}
-  [ -f "$workdir/results.json" ] && continue
-  echo "$(date +%T) $workdir"
-  # shellcheck disable=SC2086  # each entry is a list of flags
-  $PYTHON -m experiments.mtl $run --noprogress > "$workdir.log" 2>&1 || { echo "failed: $workdir (see $workdir.log)"; exit 1; }
-done
+# shellcheck source=experiments/grids/run_grid.sh
+source "$(dirname "$0")/run_grid.sh"
+run_grid experiments.mtl

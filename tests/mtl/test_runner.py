@@ -96,10 +96,14 @@ def test_school_is_task_indexed_and_reports_explained_variance(tmp_path):
                       students=(20, 30))
     results = _train(runner.MtlRunConfig(
         workdir=str(tmp_path / "run"), benchmark="school", data_dir=str(tmp_path / "school"),
-        method="upgrad", val_size=8, batch_size=16, num_steps=4, eval_every=2,
+        method="upgrad", val_size=8, batch_per_task=2, num_steps=4, eval_every=2,
         checkpoint_every=2, num_devices=1, progress=False))
     assert set(results["tasks"]) == {"all"}
     assert set(results["tasks"]["all"]) == {"explained_variance", "mse", "mae"}
+    with pytest.raises(ConfigError, match="set --batch_per_task"):
+        _train(runner.MtlRunConfig(workdir=str(tmp_path / "uniform"), benchmark="school",
+                                   data_dir=str(tmp_path / "school"), method="famo",
+                                   val_size=8, batch_size=16, num_devices=1, progress=False))
     with pytest.raises(ConfigError, match="mgda_ub"):
         _train(runner.MtlRunConfig(workdir=str(tmp_path / "ub"), benchmark="school",
                                    data_dir=str(tmp_path / "school"), method="mgda_ub",
@@ -110,6 +114,7 @@ def test_school_is_task_indexed_and_reports_explained_variance(tmp_path):
     ({"method": "static", "weights": (1.0, -1.0)}, "static"),
     ({"tasks": ("digit", "colour")}, "colour"),
     ({"data_dir": None}, "--data_dir is required for --benchmark=rotated_mnist"),
+    ({"batch_per_task": 2}, "--batch_per_task is for task-indexed data"),
 ])
 def test_bad_input_gives_one_clear_error(tmp_path, mnist_dir, overrides, message):
     data_dir = overrides.pop("data_dir", mnist_dir)
