@@ -91,3 +91,9 @@ def measure_in_subprocess(cmd: list[str], env: dict[str, str] | None = None) -> 
         print(f"failed: {' '.join(cmd)}\n{out.stderr[-1000:]}", file=sys.stderr)
         return None
     return json.loads(lines[-1])
+
+
+def median_row(rows: list[dict]) -> dict | None:
+    """The row of median `ms_per_step` (the lower middle one for an even count), or None."""
+    found = sorted(rows, key=lambda r: r["ms_per_step"])
+    return found[(len(found) - 1) // 2] if found else None

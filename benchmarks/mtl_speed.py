@@ -11,6 +11,16 @@ runs every (config, k, method) of a grid in subprocesses and prints a
 markdown table plus a JSON list: loss weightings should stay flat in k,
 gradient aggregators grow with it.
 
+With `--table --peer_python=/tmp/peervenv/bin/python` every cell is timed against
+the TorchJD peer (`../shared/peers/torchjd_mtl.py`, its own venv; see
+../shared/peers/README.md), alternately: per round and cell, the peer, then ours,
+each in its own process. Every round is printed, then the medians over
+`--rounds` and the ratio peer / ours. The peer runs its fastest setting
+(`--peer_adam`, default fused) and inherits this process's environment, so with
+--malloc_tuning it gets the same GLIBC_TUNABLES (equal terms):
+
+    python -m benchmarks.mtl_speed --table --peer_python=/tmp/peervenv/bin/python --rounds=3
+
 Configs (random data of the right shapes, fixed for the run, as the TorchJD
 peer in ../shared/peers/torchjd_mtl.py; Adam 1e-3):
   multimnist   MultiLeNet (trunk conv 1->10 k5, pool, conv 10->20 k5, dropout2d, pool,
@@ -20,6 +30,7 @@ peer in ../shared/peers/torchjd_mtl.py; Adam 1e-3):
 """
 
 import json
+import os
 import sys
 
 from absl import app
@@ -43,7 +54,19 @@ flags.DEFINE_list("table_methods", ["equal", "famo", "mean", "mgda", "upgrad", "
                                     "cagrad", "nash_mtl", "imtl_g", "aligned_mtl"],
                   "Methods of --table.")
 flags.DEFINE_list("table_tasks", ["10", "40", "100"], "Task counts of --table (regression).")
+flags.DEFINE_string("peer_python", "", "Python of the TorchJD peer's venv; empty: no peer.")
+flags.DEFINE_string("peer_script", os.path.normpath(os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "peers", "torchjd_mtl.py")),
+    "The peer script.")
+flags.DEFINE_string("peer_adam", "fused", "The peer's --adam (default, fused or foreach).")
+flags.DEFINE_integer("rounds", 1, "Rounds of --table (each cell once per round).")
 FLAGS = flags.FLAGS
+
+# Our --method -> the peer's (TorchJD's aggregators; `plain` is loss.backward() of the mean).
+PEER_METHODS = {"equal": "plain", "mean": "mean", "mgda": "mgda", "upgrad": "upgrad",
+                "pcgrad": "pcgrad", "cagrad": "cagrad", "nash_mtl": "nashmtl",
+                "imtl_g": "imtlg", "aligned_mtl": "alignedmtl", "dualproj": "dualproj",
+                "config": "config"}
 
 
 def _problem(config: str, k: int, batch: int, conv_impl: str):
@@ -105,31 +128,62 @@ def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmu
 
 
 def _header() -> str:
-    return ("| config | k | method | ms/step | min ms | compile s | peak RSS MB |\n"
-            "|---|---|---|---|---|---|---|")
+    return ("| config | k | method | ms/step | min ms | compile s | peak RSS MB | peer ms | "
+            "peer / ours |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def _row(r: dict) -> str:
+def _row(r: dict, peer: dict | None = None) -> str:
+    ratio = (f"{peer['ms_per_step']:.2f} | {peer['ms_per_step'] / r['ms_per_step']:.2f}x"
+             if peer else "- | -")
     return (f"| {r['config']} | {r['tasks']} | {r['method']} | {r['ms_per_step']:.2f} | "
-            f"{r['ms_per_step_min']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+            f"{r['ms_per_step_min']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{ratio} |")
+
+
+def _own(config: str, k: int, method: str) -> dict | None:
+    return cpu.measure_in_subprocess([
+        sys.executable, "-m", "benchmarks.mtl_speed", f"--config={config}",
+        f"--method={method}", f"--tasks={k}", f"--batch={FLAGS.batch}", f"--steps={FLAGS.steps}",
+        f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads}",
+        f"--conv_impl={FLAGS.conv_impl}", f"--malloc_tuning={FLAGS.malloc_tuning}"])
+
+
+def _peer(config: str, k: int, method: str) -> dict | None:
+    """One run of the peer, as a row with `ms_per_step`; None when it has no such method."""
+    if not FLAGS.peer_python or method not in PEER_METHODS:
+        return None
+    row = cpu.measure_in_subprocess([
+        FLAGS.peer_python, FLAGS.peer_script, "--config", config, "--tasks", str(k),
+        "--method", PEER_METHODS[method], "--batch", str(FLAGS.batch), "--steps",
+        str(FLAGS.steps), "--warmup", str(FLAGS.warmup + 1),  # + its first step
+        "--threads", str(FLAGS.threads), "--adam", FLAGS.peer_adam])
+    if row is None:
+        return None
+    return dict(row, ms_per_step=1000 * row["sec_per_step"], ms_per_step_min=1000 * row["min"])
 
 
 def _table() -> None:
     grid = [("multimnist", 2)] + [("regression", int(k)) for k in FLAGS.table_tasks]
     rows = []
+    for round_ in range(FLAGS.rounds):
+        for config, k in grid:
+            for method in FLAGS.table_methods:
+                peer = _peer(config, k, method)
+                ours = _own(config, k, method)
+                if ours is None:
+                    continue
+                rows.append({"round": round_, "ours": ours, "peer": peer})
+                print(f"round {round_} " + _row(ours, peer), flush=True)
+    print("\n" + _header())
     for config, k in grid:
         for method in FLAGS.table_methods:
-            cmd = [sys.executable, "-m", "benchmarks.mtl_speed", f"--config={config}",
-                   f"--method={method}", f"--tasks={k}", f"--batch={FLAGS.batch}",
-                   f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
-                   f"--threads={FLAGS.threads}", f"--conv_impl={FLAGS.conv_impl}",
-                   f"--malloc_tuning={FLAGS.malloc_tuning}"]
-            row = cpu.measure_in_subprocess(cmd)
-            if row is None:
-                continue
-            rows.append(row)
-            print(_row(rows[-1]), flush=True)
-    print("\n" + _header() + "\n" + "\n".join(_row(r) for r in rows))
+            cell = [r for r in rows if r["ours"]["config"] == config
+                    and r["ours"]["tasks"] == k and r["ours"]["method"] == method]
+            if cell:
+                ours = cpu.median_row([r["ours"] for r in cell])
+                peers = [r["peer"] for r in cell if r["peer"] is not None]
+                print(_row(ours, cpu.median_row(peers) if peers else None))
+    print(f"(medians over {FLAGS.rounds} round(s), batch {FLAGS.batch}, {FLAGS.threads} threads)")
     print(json.dumps(rows))
 
 

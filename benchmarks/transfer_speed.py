@@ -337,9 +337,7 @@ def _peer(model: str, variant: str) -> dict | None:
 
 def _median_of(rows: list[dict], **match) -> dict | None:
     """The row of median ms_per_step among `rows` matching every `match` item."""
-    found = sorted((r for r in rows if all(r.get(k) == v for k, v in match.items())),
-                   key=lambda r: r["ms_per_step"])
-    return found[(len(found) - 1) // 2] if found else None
+    return cpu.median_row([r for r in rows if all(r.get(k) == v for k, v in match.items())])
 
 
 def _table() -> None:

@@ -1,8 +1,12 @@
 """The four-scenario results table over many transfer run directories.
 
-A run is read from its `results.json`: its target (dataset and classes), its
-training size (`train_per_class`, 0 = all), its strategy, its seed and its test
-accuracy. A cell is one (target, size); in a cell, every strategy's accuracy is
+A run is read from its `results.json`: its target (dataset and classes; for
+domain adaptation "<source> → <target domain>"), its training size
+(`train_per_class`, 0 = all), its strategy, its seed and its test accuracy (for
+domain adaptation, on the target domain's test split). A strategy is labelled with
+the options that make it a different row: a distilled student by its temperature
+(`distill T=4`, and `alone (λ=0)` for the student trained without the teacher), a
+domain-adaptation run by its checkpoint selection (`dann (source_val)`). A cell is one (target, size); in a cell, every strategy's accuracy is
 summarised over its seeds (mean ± 95% Student-t interval, in percent) and the
 best mean wins; the strategies whose interval overlaps the winner's are listed
 as tied, since with three seeds a gap inside the intervals decides nothing.
@@ -26,7 +30,8 @@ FREE_FIELDS = frozenset({
     "seed", "data_seed", "workdir", "strategy", "source_workdir", "source_params", "which",
     "data_dir", "progress", "num_devices", "log_every", "checkpoint_every", "keep_blocks",
     "freeze_blocks", "trunk_lr_scale", "layer_decay", "lp_steps", "l2_sp_alpha", "l2_sp_beta",
-    "dont_load", "ignore_source", "zero_init_head"})
+    "dont_load", "ignore_source", "zero_init_head", "distill_temperature", "distill_lambda",
+    "da_selection"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +47,31 @@ class Run:
     config: Mapping[str, Any]
 
 
+def _adapts_domain(config: Mapping[str, Any]) -> bool:
+    return config.get("da_target") not in (None, "", "none")
+
+
 def _target_name(config: Mapping[str, Any]) -> str:
     classes = config.get("classes") or ()
+    name = config["dataset"]
+    if _adapts_domain(config):
+        name = f"{name} → {config['da_target']}"
     if not classes:
-        return config["dataset"]
-    return f"{config['dataset']} {min(classes)}-{max(classes)}" if list(classes) == list(
-        range(min(classes), max(classes) + 1)) else f"{config['dataset']} {classes}"
+        return name
+    return f"{name} {min(classes)}-{max(classes)}" if list(classes) == list(
+        range(min(classes), max(classes) + 1)) else f"{name} {classes}"
+
+
+def strategy_label(config: Mapping[str, Any]) -> str:
+    """The row name of a run: its strategy, with the options that make it another row."""
+    strategy = config["strategy"]
+    if strategy == "distill":
+        if float(config.get("distill_lambda", 1.0)) == 0.0:
+            return "alone (λ=0)"
+        return f"distill T={float(config['distill_temperature']):g}"
+    if _adapts_domain(config) and config.get("da_selection"):
+        return f"{strategy} ({config['da_selection']})"
+    return strategy
 
 
 def read_run(workdir: str) -> Run:
@@ -57,7 +81,7 @@ def read_run(workdir: str) -> Run:
         config = results["config"]
         return Run(workdir=workdir, target=_target_name(config),
                    train_per_class=int(config["train_per_class"]),
-                   strategy=config["strategy"], seed=int(config["seed"]),
+                   strategy=strategy_label(config), seed=int(config["seed"]),
                    accuracy=100.0 * float(results["test"]["accuracy"]), config=config)
 
     return run_dir.load_finished_results(workdir, "transfer", parse)

@@ -73,3 +73,19 @@ def test_the_entry_point_prints_the_table_and_exits_2_without_runs(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no run directory with a results.json" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_distillation_and_domain_adaptation_rows_are_labelled_by_their_options(tmp_path):
+    root = str(tmp_path)
+    dirs = []
+    for seed in range(2):
+        dirs.append(_write(root, "distill", 0, seed, 0.97, distill_lambda=1.0,
+                           distill_temperature=4.0, classes=[], workdir=f"t4_{seed}"))
+        dirs.append(_write(root + "/b", "distill", 0, seed, 0.96, distill_lambda=0.0,
+                           distill_temperature=4.0, classes=[], workdir=f"a_{seed}"))
+    table = report.summarize(report.read_run(d) for d in dirs)
+    assert sorted(table["mnist"]["all"]["strategies"]) == ["alone (λ=0)", "distill T=4"]
+    da = [_write(root + f"/da{seed}", "dann", 0, seed, 0.5, da_target="inverted",
+                 da_selection="oracle", classes=[]) for seed in range(2)]
+    table = report.summarize(report.read_run(d) for d in da)
+    assert list(table["mnist → inverted"]["all"]["strategies"]) == ["dann (oracle)"]
