@@ -47,6 +47,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_string("conv_impl", "auto", "MultiLeNet convolutions: xla, im2col or auto "
                     "(im2col on CPU).")
 flags.DEFINE_integer("threads", 2, "CPU cores to pin the process to (as the peer).")
+flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many XLA devices "
+                     "(--xla_force_host_platform_device_count) and shard the batch over them.")
 flags.DEFINE_bool("malloc_tuning", True,
                   "Restart with glibc malloc tunables, as the entry points do (core/runtime.py).")
 flags.DEFINE_bool("table", False, "Run a grid of measurements in subprocesses.")
@@ -92,8 +94,11 @@ def _problem(config: str, k: int, batch: int, conv_impl: str):
 
 
 def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmup: int,
-            conv_impl: str) -> dict:
+            conv_impl: str, cpu_devices: int = 1) -> dict:
     """Times the jitted multi-task step of one (config, method, k)."""
+    if cpu_devices > 1:  # before jax is imported
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={cpu_devices}")
     import jax
     import optax
 
@@ -115,7 +120,7 @@ def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmu
         model.init(jax.random.PRNGKey(0), batch_data["x"][:1], train=False))
     optimizer = optax.adam(1e-3)
     extra = method.init_state(len(tasks))
-    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:cpu_devices])
     state = mesh_lib.put_replicated(train_state.create(params, model_state, optimizer, extra),
                                     mesh)
     step = train_state.jit_step(step_lib.make_train_step(model, tasks, method, optimizer, 0),
@@ -124,6 +129,7 @@ def measure(config: str, method_name: str, k: int, batch: int, steps: int, warmu
     _, state, metrics, compile_s, times = cpu.time_step(step, state, placed, steps, warmup)
     return {"config": config, "method": method_name, "tasks": len(tasks), "batch": batch,
             "conv_impl": conv_impl if config == "multimnist" else None,
+            "cpu_devices": cpu_devices,
             **cpu.step_stats(times, compile_s), "loss": float(metrics["loss"]), "steps": steps}
 
 
@@ -145,7 +151,8 @@ def _own(config: str, k: int, method: str) -> dict | None:
         sys.executable, "-m", "benchmarks.mtl_speed", f"--config={config}",
         f"--method={method}", f"--tasks={k}", f"--batch={FLAGS.batch}", f"--steps={FLAGS.steps}",
         f"--warmup={FLAGS.warmup}", f"--threads={FLAGS.threads}",
-        f"--conv_impl={FLAGS.conv_impl}", f"--malloc_tuning={FLAGS.malloc_tuning}"])
+        f"--conv_impl={FLAGS.conv_impl}", f"--malloc_tuning={FLAGS.malloc_tuning}",
+        f"--cpu_devices={FLAGS.cpu_devices}"])
 
 
 def _peer(config: str, k: int, method: str) -> dict | None:
@@ -191,7 +198,7 @@ def main(argv):
     del argv
     cpu.run_main(FLAGS, _table,
                  lambda: measure(FLAGS.config, FLAGS.method, FLAGS.tasks, FLAGS.batch,
-                                 FLAGS.steps, FLAGS.warmup, FLAGS.conv_impl),
+                                 FLAGS.steps, FLAGS.warmup, FLAGS.conv_impl, FLAGS.cpu_devices),
                  lambda result: _header() + "\n" + _row(result))
 
 

@@ -48,6 +48,23 @@ def jacobian_by_vjp(losses_fn: Callable, params) -> tuple[jax.Array, Any, Any]:
     return losses, jacobian, new_state
 
 
+def trunk_features(model: networks.TrunkAndHeads, params, model_state, x, rng):
+    """(z, new model state): the trunk's features in training mode, through the whole model.
+
+    The trunk runs through the model's `apply` (its `method=`), not as a standalone module,
+    so its dropout masks and batch statistics are those of the whole model's forward pass
+    with the same key (a standalone `model.trunk.apply` would draw other masks).
+    """
+    rngs = {"dropout": rng} if rng is not None else {}
+    variables = {"params": params, **model_state}
+    call = lambda module, inputs: module.trunk(inputs, True)  # noqa: E731
+    if model_state:
+        z, new_state = model.apply(variables, x, rngs=rngs, method=call,
+                                   mutable=list(model_state))
+        return z, dict(new_state)
+    return model.apply(variables, x, rngs=rngs, method=call), model_state
+
+
 def trunk_and_heads_jacobian(model: networks.TrunkAndHeads, params, model_state, x,
                              rng, losses_of_outputs: Callable) -> tuple[jax.Array, Any, Any]:
     """J of a `TrunkAndHeads` model: one pass through the heads, k VJPs through the trunk.
@@ -60,16 +77,8 @@ def trunk_and_heads_jacobian(model: networks.TrunkAndHeads, params, model_state,
       rng: the dropout key, as given to the whole model's `apply`.
       losses_of_outputs: {task: output} -> the loss vector [k].
     """
-    rngs = {"dropout": rng} if rng is not None else {}
-
     def features(trunk_params):
-        variables = {"params": dict(params, trunk=trunk_params), **model_state}
-        call = lambda module, inputs: module.trunk(inputs, True)  # noqa: E731
-        if model_state:
-            z, new_state = model.apply(variables, x, rngs=rngs, method=call,
-                                       mutable=list(model_state))
-            return z, dict(new_state)
-        return model.apply(variables, x, rngs=rngs, method=call), model_state
+        return trunk_features(model, dict(params, trunk=trunk_params), model_state, x, rng)
 
     z, trunk_vjp, new_state = jax.vjp(features, params["trunk"], has_aux=True)
     heads = networks.Heads(model.heads, hidden=model.head_hidden)

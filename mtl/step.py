@@ -175,8 +175,9 @@ def make_train_step(model, tasks: Mapping[str, Task], method: Method,
 
     def on_representation(state, batch, rng, key):
         # Hard parameter sharing only (`core.networks.TrunkAndHeads`): z = trunk(x).
-        trunk_state = {c: v["trunk"] for c, v in state.model_state.items() if "trunk" in v}
-        z, _ = _apply(model.trunk, state.params["trunk"], trunk_state, batch["x"], True, rng)
+        # The trunk through the whole model: the dropout masks of `losses_fn` below.
+        z, _ = jacobian_lib.trunk_features(model, state.params, state.model_state, batch["x"],
+                                           rng)
         heads = networks.Heads(model.heads, hidden=model.head_hidden)
 
         def losses_of_z(z):

@@ -52,3 +52,21 @@ def test_trunk_and_heads_jacobian_equals_the_whole_model_one():
     for a, b in zip(jax.tree.leaves(j1["heads"]), jax.tree.leaves(j2["heads"])):
         np.testing.assert_allclose(a.sum(0), b.sum(0), rtol=1e-5, atol=1e-6)
     assert float(np.abs(np.asarray(jax.tree.leaves(j2["trunk"])[0])).max()) > 0
+
+
+def test_trunk_features_draw_the_whole_models_dropout_masks():
+    # MGDA-UB weighs the tasks on these features, then steps on the whole model's losses:
+    # both must see the same masks (a standalone trunk.apply would draw others).
+    model, params, model_state, batch = _problem()
+    rng = jax.random.PRNGKey(3)
+    z, _ = jacobian_lib.trunk_features(model, params, model_state, batch["x"], rng)
+    heads = networks.Heads(model.heads, hidden=model.head_hidden)
+    from_z = heads.apply({"params": params["heads"]}, z)
+    whole, _ = model.apply({"params": params, **model_state}, batch["x"], train=True,
+                           rngs={"dropout": rng}, mutable=list(model_state))
+    for name in TASKS:
+        np.testing.assert_allclose(from_z[name], whole[name], rtol=1e-6)
+    trunk_state = {c: v["trunk"] for c, v in model_state.items()}
+    alone, _ = model.trunk.apply({"params": params["trunk"], **trunk_state}, batch["x"],
+                                 train=True, rngs={"dropout": rng}, mutable=list(model_state))
+    assert not np.allclose(alone, z)
