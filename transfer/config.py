@@ -14,6 +14,7 @@ functions of the progress step/num_steps).
 """
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from transfer import augment as augment_lib
 from transfer import da_data
 from transfer import data as data_lib
 from transfer import networks
+from transfer import omniglot_data
 from transfer.strategies import DOMAIN_ADAPTATION, FRESH, LOADING, PER_BLOCK, STRATEGIES
 
 SELECTIONS = ("source_val", "target_entropy", "oracle")
@@ -48,8 +50,23 @@ class TransferRunConfig(supervised.SupervisedConfig):
                                 "best-validation one or the latest.", choices=("best", "latest"))
     dataset: str = option("mnist", "The target dataset (domain adaptation: the labelled "
                                    "source domain).", choices=data_lib.DATASETS)
-    data_dir: str | None = option(None, "Folder with the dataset's four official IDX files "
-                                        "(read only).", resumable=True)
+    data_dir: str | None = option(None, "Folder with the dataset's official files (read only): "
+                                        "the four IDX files, or Omniglot's "
+                                        "images_background.zip and images_evaluation.zip.",
+                                  resumable=True)
+    cache_dir: str | None = option(None, "Where decoded Omniglot images are cached (default: "
+                                         "~/.cache/metatransfer, shared with MAML runs).",
+                                   resumable=True)
+    val_per_class: int = option(2, "Omniglot: validation drawings per class, by --data_seed.",
+                                minimum=0)
+    test_per_class: int = option(5, "Omniglot: held-out test drawings per class, by "
+                                    "--data_seed.", minimum=1)
+    num_classes_target: int = option(0, "Omniglot: a seeded subset of N characters "
+                                        "(--data_seed; e.g. 20 for a 20-way target; 0: all).",
+                                     minimum=0)
+    omniglot_split: tuple[int, int] = option(
+        omniglot_data.omniglot.MAML_SPLIT_SIZES, "Omniglot MAML split's (training, validation) "
+        "character counts, the rest test; must be the MAML run's (its config.json).")
     classes: tuple[int, ...] = option((), "The target's class ids, relabelled 0..n-1 in this "
                                           "order (e.g. 5,6,7,8,9); default: all ten.")
     train_per_class: int = option(0, "Training examples per class, drawn by --data_seed "
@@ -59,8 +76,8 @@ class TransferRunConfig(supervised.SupervisedConfig):
     network: str = option("lenet", "The trunk (a fresh linear head goes on it).",
                           choices=networks.NETWORKS)
     mlp_hidden: tuple[int, ...] = option((256, 128), "Hidden widths of --network=mlp.")
-    conv_impl: str = option("auto", "Convolutions of the LeNet trunk: xla, im2col, or auto "
-                                    "(im2col on CPU, xla elsewhere).",
+    conv_impl: str = option("auto", "Convolutions of the LeNet and Conv4 trunks: xla, im2col, "
+                                    "or auto (im2col on CPU, xla elsewhere).",
                             choices=("auto",) + conv.CONV_IMPLS)
     strategy: str = option("finetune", "scratch: fresh init; structure: the source's "
                                        "architecture, fresh init; feature_extraction: frozen "
@@ -136,6 +153,48 @@ class TransferRunConfig(supervised.SupervisedConfig):
         self._check_distillation()
         self._check_domain_adaptation()
         self._check_augment()
+        self._check_omniglot()
+
+    @property
+    def is_omniglot(self) -> bool:
+        return self.dataset in omniglot_data.DATASETS
+
+    @property
+    def resolved_cache_dir(self) -> str:
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                               "metatransfer")
+        return self.cache_dir or default
+
+    def omniglot_options(self) -> omniglot_data.OmniglotOptions | None:
+        """The Omniglot options of `transfer.data.load_target` (None for the IDX datasets)."""
+        if not self.is_omniglot:
+            return None
+        return omniglot_data.OmniglotOptions(
+            cache_dir=self.resolved_cache_dir, val_per_class=self.val_per_class,
+            test_per_class=self.test_per_class, num_classes=self.num_classes_target,
+            maml_split=tuple(self.omniglot_split))
+
+    def _check_omniglot(self) -> None:
+        """The Omniglot flags only with an Omniglot dataset, the IDX ones only without."""
+        defaults = experiment.field_options(type(self))
+        changed = lambda name: getattr(self, name) != defaults[name]["default"]
+        omniglot_only = ("cache_dir", "val_per_class", "test_per_class", "num_classes_target",
+                         "omniglot_split")
+        if not self.is_omniglot:
+            for name in omniglot_only:
+                if changed(name):
+                    raise ConfigError(f"--{name} applies to the Omniglot datasets "
+                                      f"({', '.join(omniglot_data.DATASETS)}), not "
+                                      f"--dataset={self.dataset}")
+            return
+        for name, instead in (("val_size", "--val_per_class"),
+                              ("classes", "--num_classes_target")):
+            if changed(name):
+                raise ConfigError(f"--dataset={self.dataset} splits each character's drawings: "
+                                  f"use {instead} instead of --{name}")
+        if self.strategy in ("distill",) + DOMAIN_ADAPTATION:
+            raise ConfigError(f"--strategy={self.strategy} reads MNIST-family data; "
+                              f"--dataset={self.dataset} serves the fine-tuning strategies")
 
     def _check_source(self) -> None:
         """Exactly one source for the strategies that read one, none for the fresh ones."""
@@ -238,6 +297,8 @@ class TransferRunConfig(supervised.SupervisedConfig):
 
     def default_workdir(self) -> str:
         classes = "".join(map(str, self.classes)) if self.classes else "all"
+        if self.num_classes_target:
+            classes = f"{self.num_classes_target}way"
         target = selection = ""
         if self.strategy in DOMAIN_ADAPTATION:
             target, selection = f"_to_{self.da_target}", f"_{self.da_selection}"

@@ -1,5 +1,8 @@
 """The target task of a transfer run: a class subset of MNIST or Fashion-MNIST, few labels.
 
+(The Omniglot datasets, `--dataset=omniglot_*`, split each character's
+drawings instead: `transfer.omniglot_data`; `load_target` dispatches to it.)
+
 A transfer experiment asks how much a source network helps on a target task
 with N labelled examples per class. The target is built from a supervised
 source (`core.datasets.supervised`) in three seeded, exact steps:
@@ -30,8 +33,10 @@ from core.datasets import arrays
 from core.datasets.arrays import Arrays
 from core.datasets.supervised import load_supervised
 from core.errors import ConfigError, DataError
+from transfer import omniglot_data
 
-DATASETS = ("mnist", "fashion_mnist")
+IDX_DATASETS = ("mnist", "fashion_mnist")
+DATASETS = IDX_DATASETS + omniglot_data.DATASETS
 NUM_CLASSES = 10
 LABEL = "label"
 
@@ -44,11 +49,14 @@ class TargetData:
       splits: {"train", "val", "test"} -> Arrays with targets {"label": 0..n-1}.
       classes: the original class ids, in the order of the new labels.
       input_shape: the shape of one input, e.g. (28, 28, 1).
+      class_names: the classes' names where the dataset has them (Omniglot's
+        "<alphabet>/<character>"), else empty.
     """
 
     splits: dict[str, Arrays]
     classes: tuple[int, ...]
     input_shape: tuple[int, ...]
+    class_names: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -110,16 +118,19 @@ def per_class_subset(data: Arrays, per_class: int, seed: int) -> Arrays:
 
 
 def load_target(dataset: str, data_dir: str | None, classes: Sequence[int],
-                train_per_class: int, val_size: int, seed: int) -> TargetData:
+                train_per_class: int, val_size: int, seed: int, *,
+                omniglot: omniglot_data.OmniglotOptions | None = None) -> TargetData:
     """The train, validation and test splits of a target task (see the module docstring).
 
     Args:
-      dataset: "mnist" or "fashion_mnist".
+      dataset: "mnist", "fashion_mnist", or one of `omniglot_data.DATASETS`.
       data_dir: the folder with the dataset's four IDX files.
       classes: original class ids to keep (empty: all ten).
       train_per_class: training examples per class (0: all that are left).
       val_size: validation examples carved from the kept training examples.
       seed: the data seed of the validation split and of the subsampling.
+      omniglot: the Omniglot options (needed by the Omniglot datasets, which
+        take neither `classes` nor `val_size`).
 
     Raises:
       ConfigError: for an unknown dataset, bad classes or a too large --val_size.
@@ -127,6 +138,8 @@ def load_target(dataset: str, data_dir: str | None, classes: Sequence[int],
     """
     if dataset not in DATASETS:
         raise ConfigError(f"unknown --dataset={dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset in omniglot_data.DATASETS:
+        return _omniglot_target(dataset, data_dir, classes, train_per_class, seed, omniglot)
     chosen = check_classes(classes)
     source = load_supervised(dataset, data_dir)
     train = select_classes(source["train"], chosen)
@@ -135,3 +148,18 @@ def load_target(dataset: str, data_dir: str | None, classes: Sequence[int],
     train = per_class_subset(train, train_per_class, seed)
     return TargetData(splits={"train": train, "val": val, "test": test}, classes=chosen,
                       input_shape=tuple(train.x.shape[1:]))
+
+
+def _omniglot_target(dataset: str, data_dir: str | None, classes: Sequence[int],
+                     train_per_class: int, seed: int,
+                     options: omniglot_data.OmniglotOptions | None) -> TargetData:
+    """The TargetData of an Omniglot dataset (`transfer.omniglot_data.load_splits`)."""
+    if classes:
+        raise ConfigError(f"--classes names MNIST-style class ids; --dataset={dataset} takes "
+                          f"a seeded subset of characters with --num_classes_target=N")
+    if options is None:
+        raise ConfigError(f"--dataset={dataset} needs its Omniglot options (cache_dir, ...)")
+    loaded = omniglot_data.load_splits(dataset, data_dir, options, train_per_class, seed)
+    return TargetData(splits=loaded.splits, classes=loaded.classes,
+                      input_shape=tuple(loaded.splits["train"].x.shape[1:]),
+                      class_names=loaded.class_names)

@@ -8,10 +8,15 @@ operations; a test checks that the full depth computes the same features from
 the same parameters), and stop after `num_blocks` blocks, so a cut network
 loads its blocks from a full source by their paths.
 
+`--network=conv4` is MAML's Omniglot Conv4 (`transfer.conv4.Conv4Blocks`,
+blocks 'block0'..'block3'), laid out as a MAML run's checkpoint is, so a MAML
+run directory is a source like any other.
+
 `Classifier` is the trunk ('trunk') and one Dense head ('head'). Its
 `features` and `classify` methods split the forward pass at the head, so a
 frozen trunk's features can be computed once and the head trained on them.
-None of these networks has batch norm.
+Only the Conv4 has batch norm (transductive: batch statistics, no running
+statistics, so every network's variables are its parameters alone).
 """
 
 from collections.abc import Sequence
@@ -20,8 +25,9 @@ import flax.linen as nn
 import jax
 
 from core.trunks import Conv2D, max_pool2x2
+from transfer import conv4
 
-NETWORKS = ("lenet", "mlp")
+NETWORKS = ("lenet", "mlp", "conv4")
 LENET_FILTERS = (6, 16)
 LENET_WIDTHS = (120, 84)
 
@@ -115,6 +121,8 @@ def block_names(network: str, mlp_hidden: Sequence[int] = ()) -> tuple[str, ...]
     """The names of a full trunk's blocks, lowest first ('conv0', ..., or 'dense0', ...)."""
     if network == "lenet":
         return ("conv0", "conv1", "dense0", "dense1")
+    if network == "conv4":
+        return tuple(f"block{i}" for i in range(conv4.NUM_BLOCKS))
     return tuple(f"dense{i}" for i in range(len(mlp_hidden)))
 
 
@@ -133,6 +141,9 @@ def make_classifier(network: str, num_classes: int, num_blocks: int, *,
     if network == "lenet":
         trunk = LeNetBlocks(num_blocks=num_blocks, conv_impl=conv_impl,
                             dropout_rate=dropout_rate)
+    elif network == "conv4":
+        trunk = conv4.Conv4Blocks(num_blocks=num_blocks, conv_impl=conv_impl,
+                                  dropout_rate=dropout_rate)
     else:
         trunk = MLPBlocks(hidden=tuple(mlp_hidden), num_blocks=num_blocks,
                           dropout_rate=dropout_rate)

@@ -56,6 +56,7 @@ from transfer import distillation
 from transfer import domain_adaptation
 from transfer import features as features_lib
 from transfer import networks
+from transfer import omniglot_data
 from transfer import steps
 from transfer import strategies as strategies_lib
 from transfer.config import TransferRunConfig, check_resumed
@@ -65,6 +66,7 @@ __all__ = ["TransferRunConfig", "STRATEGIES", "RECORD_FILE", "Target", "prepare"
            "report"]
 
 SELECT_METRIC = "accuracy"
+_LISTED_CLASSES = 20  # report() names at most this many classes (Omniglot has hundreds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,10 @@ def _feature_source_params(config: TransferRunConfig, params):
 def prepare(config: TransferRunConfig, mesh) -> Target:
     """The target data, network, initial parameters and groups of a run."""
     target = data_lib.load_target(config.dataset, config.data_dir, config.classes,
-                                  config.train_per_class, config.val_size, config.data_seed)
+                                  config.train_per_class, config.val_size, config.data_seed,
+                                  omniglot=config.omniglot_options())
+    if config.dataset in omniglot_data.MAML_DATASETS and config.source_workdir:
+        omniglot_data.check_source_split(config.source_workdir, tuple(config.omniglot_split))
     kept, dropped = _kept_blocks(config)
     conv_impl = conv.default_conv_impl() if config.conv_impl == "auto" else config.conv_impl
     model = networks.make_classifier(config.network, target.num_classes, len(kept),
@@ -273,8 +278,11 @@ def report(results: dict[str, Any]) -> str:
     per_class = results["train_per_class"] or "all"
     source = results["source"] or "no source"
     test = results["test"]
-    return (f"{results['strategy']} on {results['dataset']} classes "
-            f"{','.join(map(str, results['classes']))} ({per_class} per class) from {source}:\n"
+    classes = results["classes"]
+    named = (f"classes {','.join(map(str, classes))}" if len(classes) <= _LISTED_CLASSES
+             else f"{len(classes)} classes")
+    return (f"{results['strategy']} on {results['dataset']} {named} ({per_class} per class) "
+            f"from {source}:\n"
             f"  test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} "
             f"({test['num_examples']} examples); per-parameter record in {RECORD_FILE}"
             + (f"\n  teacher test accuracy {test['teacher']['accuracy']:.4f}, agreement with "

@@ -14,7 +14,15 @@ then yields four classes, rotated by 0, 90, 180 and 270 degrees.
 Images are resized with Lanczos filtering and inverted so strokes are bright
 on a zero background. The decoded, resized (unrotated) images are cached as an
 `.npz` in `cache_dir`; nothing is ever written to `data_dir`.
+
+`load_omniglot` gives the MAML split as rotated classes (meta-learning).
+`load_omniglot_characters` gives the same decoded characters unrotated, each
+with the zip it comes from, and `maml_character_split` the MAML split as
+indices into them, for supervised uses (the transfer family's Omniglot
+source and target tasks); both read the same cache.
 """
+
+import dataclasses
 
 import io
 import os
@@ -34,7 +42,8 @@ from core.errors import ConfigError
 from core.errors import DataError
 
 __all__ = ['ClassImages', 'load_omniglot', 'OMNIGLOT_ZIP_NAMES',
-           'MAML_SPLIT_SIZES', 'ROTATIONS']
+           'MAML_SPLIT_SIZES', 'ROTATIONS', 'OmniglotCharacters',
+           'load_omniglot_characters', 'maml_character_split']
 
 OMNIGLOT_ZIP_NAMES = ('images_background.zip', 'images_evaluation.zip')
 MAML_SPLIT_SIZES = (1100, 100)  # (train, val); the remaining 423 are test.
@@ -96,6 +105,110 @@ def load_omniglot(
         for split, idx in split_orders.items()
     }
 
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OmniglotCharacters:
+    """Every character of both zips, unrotated, sorted by name.
+
+    Attributes:
+        images: uint8 [characters, drawers, H, W], strokes bright.
+        names: "<alphabet>/<character>" of each character.
+        zips: the zip file name (`OMNIGLOT_ZIP_NAMES`) each character is in.
+    """
+
+    images: np.ndarray
+    names: tuple[str, ...]
+    zips: tuple[str, ...]
+
+    def of_zip(self, zip_name: str) -> np.ndarray:
+        """Indices of the characters of one zip (e.g. 'images_background.zip')."""
+        return np.flatnonzero(np.asarray(self.zips) == zip_name)
+
+
+def load_omniglot_characters(data_dir: str, cache_dir: str,
+                             image_size: int = 28) -> OmniglotCharacters:
+    """All 1623 characters of both zips, unrotated, with the zip of each.
+
+    The images are `load_omniglot`'s before rotation (same decoding, same
+    cache); the zip of each character is read from the zips' file lists,
+    which needs no decoding.
+
+    Args:
+        data_dir: directory holding both official zips (only read).
+        cache_dir: writable directory for the decoded-image cache.
+        image_size: side length in pixels of the resized square images.
+
+    Raises:
+        DataError: a zip is missing, corrupt or laid out unexpectedly, or a
+            character name is in both zips.
+        ConfigError: `image_size` is invalid or `cache_dir` cannot be written.
+    """
+    _check_positive_int('image_size', image_size)
+    images, names = _load_characters(data_dir, cache_dir, image_size)
+    zip_of = {}
+    for zip_name in OMNIGLOT_ZIP_NAMES:
+        path = os.path.join(data_dir, zip_name)
+        for name in _zip_character_names(path):
+            if name in zip_of:
+                raise DataError(
+                    f'Omniglot character {name!r} is in both {zip_of[name]} and '
+                    f'{zip_name} in {data_dir!r}; the official zips hold '
+                    f'disjoint alphabets. {_SOURCE_HINT}')
+            zip_of[name] = zip_name
+    missing = [name for name in names if name not in zip_of]
+    if missing or len(zip_of) != len(names):
+        raise DataError(
+            f'The Omniglot cache for {data_dir!r} does not match its zips '
+            f'({len(names)} cached characters, {len(zip_of)} in the zips); '
+            f'delete the cache in {cache_dir!r} to decode them again.')
+    return OmniglotCharacters(images=images, names=tuple(names),
+                              zips=tuple(zip_of[name] for name in names))
+
+
+def maml_character_split(
+        num_characters: int,
+        split_sizes: tuple[int, int] = MAML_SPLIT_SIZES) -> dict[str, np.ndarray]:
+    """The MAML split as indices into the characters sorted by name.
+
+    The same permutation as `load_omniglot` (`np.random.RandomState(1)` over
+    the sorted characters of both zips): the first `split_sizes[0]` indices
+    are training, the next `split_sizes[1]` validation, the rest test.
+
+    Raises:
+        ConfigError: `split_sizes` is invalid.
+        DataError: there are too few characters for `split_sizes`.
+    """
+    num_train, num_val = _check_split_sizes(split_sizes)
+    if num_characters < num_train + num_val + 1:
+        raise DataError(
+            f'Omniglot has {num_characters} characters, but the split '
+            f'{num_train} train + {num_val} val + at least 1 test needs '
+            f'{num_train + num_val + 1}. The official zips have 1623. '
+            f'{_SOURCE_HINT}')
+    order = np.random.RandomState(_SPLIT_SEED).permutation(num_characters)
+    return {'train': order[:num_train],
+            'val': order[num_train:num_train + num_val],
+            'test': order[num_train + num_val:]}
+
+
+def _zip_character_names(zip_path: str) -> set[str]:
+    """The "<alphabet>/<character>" names in one zip, from its file list."""
+    top_folder = os.path.splitext(os.path.basename(zip_path))[0]
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(
+            f'Omniglot file {zip_path!r} is not a readable zip archive ({e}); '
+            f'it may be truncated or corrupt. {_SOURCE_HINT}') from e
+    names = set()
+    for member in members:
+        parts = member.split('/')
+        if (len(parts) == 4 and parts[0] == top_folder and parts[-1]
+                and not parts[-1].startswith('.')):
+            names.add(f'{parts[1]}/{parts[2]}')
+    return names
 
 def _rotated_classes(characters: np.ndarray,
                      names: list[str]) -> ClassImages:

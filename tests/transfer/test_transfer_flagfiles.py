@@ -19,6 +19,10 @@ DISTILL = {f"distill_{data}_{role}" for data in ("mnist", "fashion")
            for role in ("lenet_teacher", "mlp_student")}
 DANN = {f"dann_mnist_to_{target}_{strategy}" for target in ("inverted", "digits")
         for strategy in ("source_only", "dann")}
+# The Omniglot grid's flagfiles (tests/transfer/test_omniglot_transfer.py checks them).
+OMNIGLOT = {"omniglot_background_source", "omniglot_maml_train_source"} | {
+    f"omniglot_eval_{s}" for s in ("scratch", "feature_extraction", "finetune", "keep_blocks")
+} | {f"omniglot_maml_test_{s}" for s in ("scratch", "finetune_pretrained", "finetune_maml")}
 
 
 def _name(path):
@@ -46,10 +50,12 @@ def _header(path):
 
 def test_the_flagfiles_are_the_grid_distillation_and_domain_adaptation():
     grid = {f"{target}_{strategy}" for target in ("mnist_5to9", "fashion") for strategy in GRID}
-    assert {_name(p) for p in FLAGFILES} == grid | {"mnist_0to4_source"} | DISTILL | DANN
+    assert {_name(p) for p in FLAGFILES} == (grid | {"mnist_0to4_source"} | DISTILL | DANN
+                                             | OMNIGLOT)
 
 
-@pytest.mark.parametrize("path", [p for p in FLAGFILES if _name(p) not in DISTILL | DANN],
+@pytest.mark.parametrize("path", [p for p in FLAGFILES
+                                  if _name(p) not in DISTILL | DANN | OMNIGLOT],
                          ids=os.path.basename)
 def test_each_grid_flagfile_is_a_valid_documented_run(path):
     header, run = _header(path)

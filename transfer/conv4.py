@@ -1,0 +1,114 @@
+"""MAML's Omniglot Conv4 as a transfer trunk, cut after any of its four blocks.
+
+`Conv4Blocks` lays its layers out as `core.networks.omniglot_conv4`'s trunk
+(`core.trunks.Conv4Trunk` with 64 filters, stride-2 3x3 convolutions, no
+pooling, transductive batch norm, features averaged over space): blocks
+'block0'..'block3', each [3x3 stride-2 conv 'conv', batch norm 'bn', ReLU],
+parameters 'trunk/block<i>/conv/{kernel,bias}' and
+'trunk/block<i>/bn/{scale,bias}'. A MAML Omniglot run directory therefore
+loads into it strictly by path (only its 'head' is dropped), and so does a
+transfer run with `--network=conv4`. On 28x28 inputs the blocks' outputs are
+14x14, 7x7, 4x4 and 2x2 maps of 64 channels; a cut after `num_blocks`
+blocks averages the last kept map over space, as MAML's head input is, so
+the head always sees 64 features.
+
+Batch norm is transductive, as in the MAML runs these weights come from
+(`core.trunks.BN_MODES`): it normalises with the statistics of the current
+batch in training and in evaluation, and has no running statistics (a
+transfer train state holds parameters only). One difference keeps
+evaluation exact: `core.datasets.arrays` pads the last evaluation batch with
+all-zero rows, and those rows must not enter the statistics of the real
+examples. So the statistics are means over the examples whose input is not
+all zeros (an all-zero image is read as padding; Omniglot images always have
+strokes). On a batch without such rows the block computes what
+`core.trunks.Conv4Block` computes (a test checks it against `Conv4Trunk`).
+Evaluation results depend on which examples share a batch, as MAML's depend
+on the query set; the Omniglot splits are stored in a seeded, class-mixed
+order (`transfer.omniglot_data`), so they are deterministic.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from core.trunks import Conv2D
+
+FILTERS = 64
+NUM_BLOCKS = 4
+EPSILON = 1e-5
+
+
+def real_rows(x: jax.Array) -> jax.Array:
+    """float32 [batch]: 1 for an example whose input is not all zeros, 0 for padding.
+
+    A batch of padding only (e.g. the zeros `init` is called with) counts every
+    row, so the statistics stay finite.
+    """
+    real = jnp.any(x.reshape(x.shape[0], -1) != 0, axis=1).astype(jnp.float32)
+    return jnp.where(jnp.sum(real) > 0, real, jnp.ones_like(real))
+
+
+class MaskedBatchNorm(nn.Module):
+    """Transductive batch norm over the real rows of a batch ('scale', 'bias' as core's).
+
+    Attributes:
+      epsilon: added to the variance.
+    """
+
+    epsilon: float = EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        axes = tuple(range(x.ndim - 1))
+        w = weights.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+        count = jnp.sum(w) * (x.size // (x.shape[0] * features))
+        mean = jnp.sum(x * w, axes) / count
+        # One pass, E[x^2] - E[x]^2 clipped at 0, as core.trunks.BatchNorm(fast_variance=True).
+        var = jnp.maximum(jnp.sum(jnp.square(x) * w, axes) / count - jnp.square(mean), 0.0)
+        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        return x * a + (bias - mean * a)
+
+
+class Conv4Block(nn.Module):
+    """One block: 3x3 stride-2 conv ('conv'), masked transductive batch norm ('bn'), ReLU.
+
+    Attributes:
+      features: output channels.
+      conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
+    """
+
+    features: int = FILTERS
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
+        x = Conv2D(self.features, (3, 3), (2, 2), impl=self.conv_impl, name="conv")(x)
+        return nn.relu(MaskedBatchNorm(name="bn")(x, weights))
+
+
+class Conv4Blocks(nn.Module):
+    """The lowest `num_blocks` of MAML's Omniglot Conv4 trunk; features [batch, 64].
+
+    Attributes:
+      num_blocks: blocks kept, 1 to 4.
+      conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
+      dropout_rate: dropout after each block (`core.trunks`' rule).
+    """
+
+    num_blocks: int = NUM_BLOCKS
+    conv_impl: str = "xla"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        if not 1 <= self.num_blocks <= NUM_BLOCKS:
+            raise ValueError(f"Conv4Blocks keeps 1 to {NUM_BLOCKS} blocks, got {self.num_blocks}")
+        weights = real_rows(x)
+        for i in range(self.num_blocks):
+            x = Conv4Block(FILTERS, conv_impl=self.conv_impl, name=f"block{i}")(x, weights)
+            if self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return jnp.mean(x, axis=(1, 2))
