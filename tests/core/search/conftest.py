@@ -1,0 +1,5 @@
+"""Quiet Optuna in the search tests."""
+
+import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
