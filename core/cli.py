@@ -34,6 +34,7 @@ from absl import logging
 
 from core import experiment
 from core import runtime
+from core import seed_runs
 from core.errors import ConfigError, TrainingDiverged, UserInputError
 
 C = TypeVar("C", bound=experiment.RunConfig)
@@ -57,7 +58,7 @@ def _help(opts: dict[str, Any]) -> str:
 
 
 def define_flags(config_cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines one flag per config field, plus `--multihost` and `--malloc_tuning`.
+    """One flag per config field, plus `--multihost`, `--seeds`, `--seed_flags`, `--malloc_tuning`.
 
     Args:
       config_cls: a `RunConfig` subclass.
@@ -83,6 +84,10 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = flags.FLAGS) 
     flags.DEFINE_bool("multihost", False,
                       "Call jax.distributed.initialize() for a multi-host run.",
                       flag_values=flag_values)
+    flags.DEFINE_list("seeds", [], "Run the configuration once per seed, each in "
+                      "<workdir>/seed_<s>/ (core/seed_runs.py).", flag_values=flag_values)
+    flags.DEFINE_list("seed_flags", ["seed"], "With --seeds: the flags each seed sets "
+                      "(e.g. seed,data_seed).", flag_values=flag_values)
     flags.DEFINE_bool("malloc_tuning", True,
                       "Restart once with glibc malloc tunables that spare XLA:CPU most page "
                       "faults (core/runtime.py).", flag_values=flag_values)
@@ -153,8 +158,13 @@ def main(config_cls: type[C], build: experiment.Build,
             logging.set_verbosity(logging.WARNING)
         try:
             config = config_from_flags(config_cls)
+            if flags.FLAGS.seeds:
+                _run_per_seed(config)
+                return
             print(f"run directory: {config.workdir}", flush=True)
             results = experiment.train_and_evaluate(config, build)
+        except seed_runs.ChildFailed as err:
+            _fail(str(err), err.status)
         except UserInputError as err:
             _fail(str(err), 2)
         except TrainingDiverged as err:
@@ -167,6 +177,18 @@ def main(config_cls: type[C], build: experiment.Build,
         print(f"results: {config.workdir}/results.json")
 
     return _main
+
+
+def _run_per_seed(config: experiment.RunConfig) -> None:
+    """`--seeds`: validates the config once, then runs it once per seed (core/seed_runs.py)."""
+    known = list(experiment.field_options(type(config)))
+    seeds = seed_runs.validate(flags.FLAGS.seeds, flags.FLAGS.seed_flags, known)
+    config.validate()
+    print(f"run directory: {config.workdir} ({len(seeds)} seeds)", flush=True)
+    done = seed_runs.run_seeds(seed_runs.this_program(), sys.argv[1:], seeds,
+                               flags.FLAGS.seed_flags, config.workdir)
+    print(f"seeds finished: {', '.join(done)}")
+    print(f"table: python -m experiments.report {config.workdir} --out={config.workdir}/report")
 
 
 def run(config_cls: type[C], build: experiment.Build,

@@ -45,11 +45,32 @@ def _study_section(path: str, out: str) -> list[str]:
     if complete:
         best = study.best_trial
         lines.append(f"\nbest trial {best.number}: best_val {best.value:.6g}, {best.params}")
+    attrs = [t.user_attrs for t in study.get_trials(deepcopy=False)]
+    workers = summary.worker_counts(attrs)
+    lines.append("\ntrials per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(
+        workers.items())) or "none recorded"))
+    repeated = summary.repeated_runs(attrs)
+    lines.append("run twice: " + (", ".join(repeated) if repeated else "none"))
     lines.append(f"\nparameter importances: {drawn['method']}")
     for name, value in sorted(drawn["importances"].items(), key=lambda kv: -kv[1]):
         lines.append(f"* {name}: {value:.3f}")
     lines += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in drawn["files"]]
     return lines + [""]
+
+
+def _comparison_section(study_paths: list[str], out: str) -> list[str]:
+    """Several studies: best value against trials, grouped by their sampler (and pruner)."""
+    groups: dict[str, list[optuna.Study]] = {}
+    for path in study_paths:
+        record = study_lib.read_config(path) or {}
+        label = record.get("sampler", "?")
+        if record.get("pruner", "none") != "none":
+            label += f" + {record['pruner']} pruner"
+        groups.setdefault(label, []).append(study_lib.load_study(path, flags.FLAGS.storage))
+    figure = plots.plot_comparison(groups, os.path.join(out, "comparison_best_so_far.png"))
+    curves = {label: [plots.best_so_far(s) for s in studies] for label, studies in groups.items()}
+    return ["## Searches compared", "", summary.compare_searches(curves), "",
+            f"![{os.path.basename(figure)}]({os.path.basename(figure)})", ""]
 
 
 def report(paths: list[str], out: str) -> str:
@@ -58,9 +79,11 @@ def report(paths: list[str], out: str) -> str:
     patterns = [p for path in paths for p in summary.run_patterns(path)]
     rows = summary.summarize(summary.load_runs(run_dir.finished_run_dirs(patterns)))
     sections = ["# Report", "", summary.markdown(rows)]
-    for path in paths:
-        if os.path.exists(os.path.join(path, study_lib.STUDY_FILE)):
-            sections += _study_section(path, out)
+    study_paths = [p for p in paths if os.path.exists(os.path.join(p, study_lib.STUDY_FILE))]
+    if len(study_paths) > 1:
+        sections += _comparison_section(study_paths, out)
+    for path in study_paths:
+        sections += _study_section(path, out)
     text = "\n".join(sections)
     run_dir.atomic_write_text(os.path.join(out, "report.md"), text)
     return text

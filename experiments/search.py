@@ -58,6 +58,8 @@ flags.DEFINE_enum("pruner", "none", study_lib.PRUNERS, "Stop unpromising trials 
                   "from their validation values.")
 flags.DEFINE_integer("pruner_startup_trials", 5, "median: prune nothing before this many "
                      "trials finished.", lower_bound=0)
+flags.DEFINE_integer("tpe_startup_trials", 10, "tpe: trials drawn at random before TPE's "
+                     "model takes over (Optuna's default).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "The search's seed (a trial's sampler: seed + trial number).")
 flags.DEFINE_float("poll_seconds", 0.5, "How often a running trial's metrics are read.")
 flags.DEFINE_list("best_seeds", [], "After the search, rerun the best trial once per seed.")
@@ -139,10 +141,12 @@ def _open(exp, flagfile, extra, space, direction, ctx) -> optuna.Study:
               "space": [dataclasses.asdict(p) | {"when": dict(p.when)} for p in space.params],
               "space_file": os.path.abspath(space.path), "sampler": FLAGS.sampler,
               "pruner": FLAGS.pruner, "pruner_startup_trials": FLAGS.pruner_startup_trials,
+              "tpe_startup_trials": FLAGS.tpe_startup_trials,
               "seed": FLAGS.seed, "num_trials": ctx.num_trials, "direction": direction,
               "study_name": name, "storage": study_lib.mask_url(url)}
     sampler = study_lib.make_sampler(FLAGS.sampler, FLAGS.seed,
-                                     space.grid() if FLAGS.sampler == "grid" else None)
+                                     space.grid() if FLAGS.sampler == "grid" else None,
+                                     FLAGS.tpe_startup_trials)
     pruner = study_lib.make_pruner(FLAGS.pruner, FLAGS.pruner_startup_trials)
     with study_lib.study_dir_lock(study_dir):
         study_lib.record_config(study_dir, record)

@@ -102,6 +102,43 @@ def plot_importances(values: dict[str, float], method: str, path: str) -> str | 
     return _save(figure, path)
 
 
+def best_so_far(study: optuna.Study) -> list[float | None]:
+    """After each finished trial (complete or pruned, in number order), the best complete value.
+
+    Pruned trials spend budget without a value, so they advance the count;
+    failed trials (a killed run later retried, a surplus) do not.
+    """
+    better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    best, out = None, []
+    for trial in sorted(finished, key=lambda t: t.number):
+        if trial.state == TrialState.COMPLETE:
+            best = trial.value if best is None else better(best, trial.value)
+        out.append(best)
+    return out
+
+
+def plot_comparison(groups: dict[str, list[optuna.Study]], path: str) -> str:
+    """Best value so far against trials spent: a thin line per study, the group mean bold."""
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.add_subplot()
+    for index, (label, studies) in enumerate(sorted(groups.items())):
+        color = f"C{index}"
+        curves = [best_so_far(s) for s in studies]
+        for curve in curves:
+            axes.step(range(1, len(curve) + 1), [math.nan if v is None else v for v in curve],
+                      where="post", color=color, alpha=0.3, linewidth=1)
+        length = min(len(c) for c in curves)
+        mean = [sum(math.nan if c[i] is None else c[i] for c in curves) / len(curves)
+                for i in range(length)]
+        axes.step(range(1, length + 1), mean, where="post", color=color, linewidth=2.2,
+                  label=f"{label} (mean of {len(curves)})")
+    axes.set_xlabel("trials finished")
+    axes.set_ylabel("best validation value so far")
+    axes.legend()
+    return _save(figure, path)
+
+
 def plot_study(study: optuna.Study, out_dir: str, prefix: str) -> dict[str, Any]:
     """Every figure of a study in `out_dir`; returns the files and the importances."""
     os.makedirs(out_dir, exist_ok=True)

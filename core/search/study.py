@@ -133,8 +133,13 @@ class StudyGridSampler(optuna.samplers.GridSampler):
         del study, trial, state, values
 
 
-def make_sampler(kind: str, seed: int, grid: Mapping[str, list] | None = None) -> BaseSampler:
-    """The sampler of `--sampler` (no GP sampler: it would pull in torch)."""
+def make_sampler(kind: str, seed: int, grid: Mapping[str, list] | None = None,
+                 tpe_startup_trials: int = 10) -> BaseSampler:
+    """The sampler of `--sampler` (no GP sampler: it would pull in torch).
+
+    `tpe_startup_trials`: TPE samples at random until this many trials are
+    complete (Optuna's default, 10, is most of a small budget).
+    """
     if kind == "grid":
         if grid is None:
             raise ValueError("the grid sampler needs the grid")
@@ -142,7 +147,8 @@ def make_sampler(kind: str, seed: int, grid: Mapping[str, list] | None = None) -
     if kind == "random":
         return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if kind == "tpe":
-        return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(
+            seed=s, n_startup_trials=tpe_startup_trials), seed)
     raise ConfigError(f"unknown --sampler={kind!r}; expected one of {', '.join(SAMPLERS)}")
 
 

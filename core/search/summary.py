@@ -116,3 +116,44 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                   "—" if wall is None else f"{wall[0]:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nmean ± 95% CI (Student t) over the seeds of each row.\n"
+
+
+def compare_searches(curves: Mapping[str, Sequence[Sequence[float | None]]],
+                     checkpoints: Sequence[int] = (4, 8, 16, 32)) -> str:
+    """A markdown table: per group of studies, the best value after n trials, mean ± 95% CI.
+
+    Args:
+      curves: group label (e.g. the sampler) -> each study's best-so-far curve
+        (`core.search.plots.best_so_far`).
+      checkpoints: the trial counts shown (those no study of a group reached are left out).
+    """
+    longest = max((len(c) for group in curves.values() for c in group), default=0)
+    shown = [n for n in checkpoints if n <= longest] or ([longest] if longest else [])
+    header = ["searches", "studies"] + [f"best after {n} trials" for n in shown]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, group in sorted(curves.items()):
+        cells = [_cell(_ci([c[n - 1] if len(c) >= n else None for c in group])) for n in shown]
+        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def worker_counts(user_attrs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Counted trials per worker (`host:pid` of the `owner` attribute)."""
+    counts: dict[str, int] = {}
+    for attrs in user_attrs:
+        if attrs.get("superseded") or attrs.get("surplus") or "owner" not in attrs:
+            continue
+        owner = f"{attrs['owner']['host']}:{attrs['owner']['pid']}"
+        counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+def repeated_runs(user_attrs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Run directories or flag sets that more than one counted trial ran (should be none)."""
+    seen: dict[str, int] = {}
+    for attrs in user_attrs:
+        if attrs.get("superseded") or attrs.get("surplus") or "run_dir" not in attrs:
+            continue
+        for key in (attrs["run_dir"], json.dumps(attrs.get("flags"), sort_keys=True, default=str)):
+            seen[key] = seen.get(key, 0) + 1
+    return sorted(k for k, n in seen.items() if n > 1)

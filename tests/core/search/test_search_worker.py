@@ -142,3 +142,10 @@ def test_a_trial_directory_stays_inside_the_study(tmp_path):
     assert trials_lib.trial_dir(str(tmp_path), "trials/3").startswith(str(tmp_path))
     with pytest.raises(Exception, match="not inside"):
         trials_lib.trial_dir(str(tmp_path), "../elsewhere")
+
+
+def test_tpe_starts_modelling_after_the_given_number_of_trials():
+    sampler = study_lib.make_sampler("tpe", 0, tpe_startup_trials=3)
+    # pylint: disable=protected-access
+    assert sampler._factory(7)._n_startup_trials == 3
+    assert study_lib.make_sampler("tpe", 0)._factory(7)._n_startup_trials == 10
