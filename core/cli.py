@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from core import distributed
 from core import experiment
 from core import runtime
 from core import seed_runs
@@ -82,8 +83,15 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = flags.FLAGS) 
         else:
             raise TypeError(f"{config_cls.__name__}.{name}: no flag type for {kind}")
     flags.DEFINE_bool("multihost", False,
-                      "Call jax.distributed.initialize() for a multi-host run.",
+                      "Call jax.distributed.initialize() for a multi-host run (the cluster "
+                      "auto-detected unless the three flags below are given).",
                       flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "Multi-process run: host:port of "
+                        "process 0's coordinator (core/distributed.py).", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index.",
+                         flag_values=flag_values)
     flags.DEFINE_list("seeds", [], "Run the configuration once per seed, each in "
                       "<workdir>/seed_<s>/ (core/seed_runs.py).", flag_values=flag_values)
     flags.DEFINE_list("seed_flags", ["seed"], "With --seeds: the flags each seed sets "
@@ -150,9 +158,15 @@ def main(config_cls: type[C], build: experiment.Build,
         if len(argv) > 1:
             _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
         runtime.reexec_with_malloc_tunables(flags.FLAGS.malloc_tuning)
-        if flags.FLAGS.multihost:
-            import jax  # pylint: disable=g-import-not-at-top
-            jax.distributed.initialize()
+        cluster = distributed.ClusterFlags(
+            flags.FLAGS.multihost, flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+            flags.FLAGS.process_id)
+        try:
+            joined = distributed.initialize(cluster)
+        except UserInputError as err:
+            _fail(str(err), 2)
+        if joined:
+            print(joined, flush=True)
         if flags.FLAGS["verbosity"].using_default_value:
             # Keep the terminal to the progress bar and the results (--verbosity=0 shows INFO).
             logging.set_verbosity(logging.WARNING)

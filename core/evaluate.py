@@ -45,7 +45,7 @@ def evaluate(eval_step: EvalStep, state: Any,
       ValueError: `eval_step` returned values whose shape is not the mask's.
     """
     outputs = [(eval_step(state, batch), batch["mask"]) for batch in batches]
-    outputs = _to_host(outputs)
+    outputs = to_host(outputs)
     if not outputs:
         raise ConfigError("Cannot evaluate an empty split: it has no batches. Give the split "
                           "some examples (e.g. --val_size > 0) or switch its evaluation off.")
@@ -80,7 +80,7 @@ def masked_mean(values, mask) -> float:
     return float(np.dot(np.where(mask != 0, values, 0.0), mask) / total)
 
 
-def _to_host(tree: Any) -> Any:
+def to_host(tree: Any) -> Any:
     """Device arrays to numpy; in a multi-host run, gathered from every process."""
     if jax.process_count() == 1:
         return jax.device_get(tree)

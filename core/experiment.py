@@ -23,6 +23,7 @@ a resumed run may change them (`option`), so the CLI (`core.cli`), the
 validation and the resume check are all derived from one definition.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -33,13 +34,14 @@ import jax
 from absl import logging
 from jax.sharding import Mesh
 
+from core import distributed
 from core import mesh as mesh_lib
 from core import run_dir
 from core import run_lock
 from core import train_loop
 from core.checkpoint import Checkpointer
 from core.errors import ConfigError, DataError
-from core.metrics import MetricsWriter
+from core.metrics import MetricsWriter, NullMetricsWriter
 from core.train_state import Params, StepFn, TrainState
 
 # The layout of what the loop checkpoints (TrainState fields, loop bookkeeping,
@@ -54,7 +56,8 @@ def option(default: Any, help: str, *, choices: Collection[Any] | None = None,
     Args:
       default: the default value.
       help: the flag's help text.
-      choices: the allowed values (checked by `RunConfig.validate`).
+      choices: the allowed values (checked by `RunConfig.validate`; a None
+        value, e.g. "take it from a preset", is not checked).
       minimum: the smallest allowed value (None values are not checked).
       resumable: a resumed run may change it (it does not change what is
         computed, or only extends it, like `num_steps`).
@@ -120,12 +123,13 @@ class RunConfig:
     def validate(self) -> None:
         """Raises ConfigError naming the first invalid value.
 
-        Checks every field's `choices` and `minimum`; families extend it with
-        checks that involve several fields.
+        Checks every field's `choices` and `minimum` (None values are not
+        checked); families extend it with checks that involve several fields.
         """
         for name, opts in field_options(type(self)).items():
             value = getattr(self, name)
-            if opts["choices"] is not None and value not in opts["choices"]:
+            choices = opts["choices"]
+            if choices is not None and value is not None and value not in choices:
                 raise ConfigError(f"unknown --{name}={value!r}; expected one of "
                                   f"{', '.join(map(str, opts['choices']))}")
             if opts["minimum"] is not None and value is not None and value < opts["minimum"]:
@@ -138,6 +142,15 @@ class RunConfig:
     def sharded_batch(self) -> tuple[str, int] | None:
         """(flag name, size) of the batch axis split over devices; None: nothing is split."""
         return None
+
+    def derived(self) -> dict[str, Any]:
+        """Values the config implies beyond its fields (e.g. what a preset sets).
+
+        They are recorded in config.json (and results.json's `config`) next to
+        the fields, and a resumed run must match them as it must match the
+        fields: a change of what a preset means is refused like a changed flag.
+        """
+        return {}
 
     @classmethod
     def resumable_keys(cls) -> tuple[str, ...]:
@@ -238,8 +251,10 @@ def _run_loop(config: RunConfig, program: Program) -> tuple[train_loop.LoopResul
         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         select_metric=program.select_metric, select_mode=program.select_mode,
         patience=config.patience)
+    writer_cls = MetricsWriter if distributed.is_writer() else (
+        lambda *_, **__: NullMetricsWriter())
     try:
-        with MetricsWriter(config.workdir, resume_step=checkpointer.latest_step()) as writer:
+        with writer_cls(config.workdir, resume_step=checkpointer.latest_step()) as writer:
             result = train_loop.run(loop_config, program.state, program.train_step,
                                     program.batch_fn, checkpointer=checkpointer,
                                     best_checkpointer=best_checkpointer, writer=writer,
@@ -273,7 +288,10 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
     if not config.workdir:
         raise ConfigError("--workdir is required")
     t_start = time.time()
-    with run_lock.hold(config.workdir):
+    writes = distributed.is_writer()
+    # In a multi-process run process 0 alone holds the lock and writes the run directory's
+    # files; every process trains, checkpoints (orbax's multi-process path) and evaluates.
+    with run_lock.hold(config.workdir) if writes else contextlib.nullcontext():
         mesh = mesh_lib.make_mesh(choose_devices(config.sharded_batch(), config.num_devices))
         if config.sharded_batch() is not None:
             name, size = config.sharded_batch()
@@ -281,10 +299,11 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
         _check_layout(config.workdir)
         program = build(config, mesh)
         versions = run_dir.collect_versions()
-        config_dict = dict(dataclasses.asdict(config), **program.resolved,
+        config_dict = dict(dataclasses.asdict(config), **config.derived(), **program.resolved,
                            checkpoint_layout=CHECKPOINT_LAYOUT)
-        run_dir.write_run_config(config.workdir, config_dict, versions,
-                                 allow_changed=config.resumable_keys() + tuple(program.resolved))
+        if writes:
+            run_dir.write_run_config(config.workdir, config_dict, versions,
+                                     allow_changed=config.resumable_keys() + tuple(program.resolved))
         result, test_block = _run_loop(config, program)
         results = {
             "steps": result.step,
@@ -302,8 +321,9 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
         }
         if program.conclude is not None:
             results.update(program.conclude(config.workdir, results))
-        run_dir.write_results(config.workdir, results)
-        if program.finish is not None:
+        if writes:
+            run_dir.write_results(config.workdir, results)
+        if writes and program.finish is not None:
             program.finish(config.workdir, results)
     return results
 

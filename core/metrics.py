@@ -210,3 +210,26 @@ class MetricsWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class NullMetricsWriter(MetricsWriter):
+    """The writer of a process that does not write the run directory (multi-process runs).
+
+    It converts every value as `MetricsWriter.write` does, so every process
+    waits for the same computations, and writes nothing.
+    """
+
+    def __init__(self):  # pylint: disable=super-init-not-called
+        self._file = None
+        self._tb = None
+        self._path = None
+
+    def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
+        for name, value in scalars.items():
+            _to_float(name, value)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -23,7 +23,26 @@ from flax.core import FrozenDict
 
 # Re-exported: `networks` stays the one import for building a network.
 from core.trunks import (BN_MODES, BatchNorm, Conv2D, Conv4Trunk, LeNetTrunk,  # noqa: F401
-                         MLPTrunk, MultiLeNetTrunk)
+                         MLPTrunk, MultiLeNetTrunk, bn_options)
+
+# Initialisers of an output layer's kernel by name (`head_initializer`); biases start at zero.
+HEAD_INITS = ("lecun_normal", "normal", "glorot_uniform")
+
+
+def head_initializer(name: str) -> Callable:
+    """An output layer's kernel initialiser by name.
+
+    'lecun_normal' is flax's `Dense` default (truncated normal, variance
+    1 / fan_in); 'normal' is N(0, 1), the reference MAML code's Omniglot
+    output layer (`tf.random_normal`); 'glorot_uniform' is its mini-ImageNet
+    one (`xavier_initializer`).
+    """
+    initializers = {"lecun_normal": nn.initializers.lecun_normal(),
+                    "normal": nn.initializers.normal(stddev=1.0),
+                    "glorot_uniform": nn.initializers.glorot_uniform()}
+    if name not in initializers:
+        raise ValueError(f"unknown head init {name!r}; expected one of {HEAD_INITS}")
+    return initializers[name]
 
 
 def task_outputs(outputs: Mapping[str, int], owner: str) -> FrozenDict:
@@ -125,7 +144,10 @@ class MLP(nn.Module):
       batch_norm: whether to normalise each hidden layer.
       bn_mode: batch-norm mode when `batch_norm`.
       bn_fast_variance: `BatchNorm.fast_variance`.
+      bn_scale: `BatchNorm.use_scale`.
+      bn_epsilon: `BatchNorm.epsilon`.
       kernel_init: initialiser of every kernel, hidden and output.
+      head_init: initialiser of the output layer's kernel (default: `kernel_init`).
       dropout_rate: `MLPTrunk.dropout_rate`.
     """
 
@@ -134,16 +156,19 @@ class MLP(nn.Module):
     batch_norm: bool = False
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
+    bn_scale: bool = True
+    bn_epsilon: float = 1e-5
     kernel_init: Callable = nn.initializers.lecun_normal()
+    head_init: Callable | None = None
     dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        features = MLPTrunk(hidden=self.hidden, batch_norm=self.batch_norm, bn_mode=self.bn_mode,
-                            bn_fast_variance=self.bn_fast_variance,
+        features = MLPTrunk(hidden=self.hidden, batch_norm=self.batch_norm,
                             kernel_init=self.kernel_init, dropout_rate=self.dropout_rate,
-                            name="trunk")(x, train)
-        return nn.Dense(self.outputs, kernel_init=self.kernel_init, name="head")(features)
+                            **bn_options(self), name="trunk")(x, train)
+        head_init = self.kernel_init if self.head_init is None else self.head_init
+        return nn.Dense(self.outputs, kernel_init=head_init, name="head")(features)
 
 
 class Conv4(nn.Module):
@@ -156,8 +181,11 @@ class Conv4(nn.Module):
       spatial_pool: `Conv4Trunk.spatial_pool`.
       bn_mode: batch-norm mode (`BN_MODES`).
       bn_fast_variance: `BatchNorm.fast_variance`.
+      bn_scale: `BatchNorm.use_scale`.
+      bn_epsilon: `BatchNorm.epsilon`.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
       dropout_rate: `Conv4Trunk.dropout_rate`.
+      head_init: initialiser of the output layer's kernel (`head_initializer`).
     """
 
     outputs: int
@@ -166,29 +194,41 @@ class Conv4(nn.Module):
     spatial_pool: str = "mean"
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
+    bn_scale: bool = True
+    bn_epsilon: float = 1e-5
     conv_impl: str = "xla"
     dropout_rate: float = 0.0
+    head_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         features = Conv4Trunk(filters=self.filters, max_pool=self.max_pool,
-                              spatial_pool=self.spatial_pool, bn_mode=self.bn_mode,
-                              bn_fast_variance=self.bn_fast_variance, conv_impl=self.conv_impl,
-                              dropout_rate=self.dropout_rate, name="trunk")(x, train)
-        return nn.Dense(self.outputs, name="head")(features)
+                              spatial_pool=self.spatial_pool, conv_impl=self.conv_impl,
+                              dropout_rate=self.dropout_rate, **bn_options(self),
+                              name="trunk")(x, train)
+        return nn.Dense(self.outputs, kernel_init=self.head_init, name="head")(features)
 
 
 def omniglot_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla",
-                   spatial_pool: str = "mean", bn_fast_variance: bool = True) -> Conv4:
-    """Finn et al.'s Omniglot network: 4 x [conv 3x3/2, 64, BN, ReLU] on 28x28."""
+                   spatial_pool: str = "mean", bn_fast_variance: bool = True,
+                   **options) -> Conv4:
+    """Finn et al.'s Omniglot network: 4 x [conv 3x3/2, 64, BN, ReLU] on 28x28.
+
+    `options` are further `Conv4` attributes (e.g. `bn_scale`, `bn_epsilon`, `head_init`).
+    """
     return Conv4(outputs=ways, filters=64, max_pool=False, spatial_pool=spatial_pool,
-                 bn_mode=bn_mode, bn_fast_variance=bn_fast_variance, conv_impl=conv_impl)
+                 bn_mode=bn_mode, bn_fast_variance=bn_fast_variance, conv_impl=conv_impl,
+                 **options)
 
 
-def miniimagenet_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla") -> Conv4:
-    """Finn et al.'s mini-ImageNet network: 4 x [conv 3x3, 32, BN, ReLU, max-pool 2] on 84x84."""
+def miniimagenet_conv4(ways: int, bn_mode: str = "transductive", conv_impl: str = "xla",
+                       **options) -> Conv4:
+    """Finn et al.'s mini-ImageNet network: 4 x [conv 3x3, 32, BN, ReLU, max-pool 2] on 84x84.
+
+    `options` are further `Conv4` attributes (e.g. `bn_fast_variance`, `head_init`).
+    """
     return Conv4(outputs=ways, filters=32, max_pool=True, spatial_pool="flatten",
-                 bn_mode=bn_mode, conv_impl=conv_impl)
+                 bn_mode=bn_mode, conv_impl=conv_impl, **options)
 
 
 def sinusoid_mlp() -> MLP:

@@ -194,12 +194,14 @@ def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
         differing = config_differences(old_config, new_config, allow_changed)
         if differing:
             flat_old, flat_new = _flatten(old_config), _flatten(new_config)
-            lines = [f'  {k}: {flat_old.get(k, "<absent>")!r} -> {flat_new.get(k, "<absent>")!r}'
-                     for k in differing]
+            # One line (the CLI's promise for bad input), naming every differing key.
+            changes = '; '.join(
+                f'{k}: {flat_old.get(k, "<absent>")!r} -> {flat_new.get(k, "<absent>")!r}'
+                for k in differing)
             raise ConfigError(
-                f'The workdir {workdir} holds a run with a different configuration; '
-                f'differing keys:\n' + '\n'.join(lines) +
-                '\nUse the same flags to resume this run, or a new workdir.')
+                f'The workdir {workdir} holds a run with a different configuration '
+                f'(differing keys: {changes}); use the same flags to resume this run, '
+                f'or a new workdir.')
     versions_path = workdir / VERSIONS_FILE
     new_versions = json.loads(to_json(dict(versions)))
     if versions_path.exists():

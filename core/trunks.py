@@ -43,24 +43,29 @@ class BatchNorm(nn.Module):
     Attributes:
       mode: 'transductive' or 'running' (see the module docstring).
       momentum: running-average decay in 'running' mode.
-      epsilon: added to the variance.
+      epsilon: added to the variance (the reference MAML code's
+        `tf.contrib.layers.batch_norm` uses 1e-3).
       fast_variance: compute the batch variance in one pass as
         E[x^2] - E[x]^2 (clipped at 0), as `flax.linen.BatchNorm` does by
         default; False uses the two-pass E[(x - E[x])^2], which is more
         accurate when |mean| >> std but slower (measured: docs/results.md).
+      use_scale: a learnable scale γ ('scale'); False: no scale parameter,
+        only the shift 'bias' (as the reference MAML code, `scale=False`).
     """
 
     mode: str = "transductive"
     momentum: float = 0.9
     epsilon: float = 1e-5
     fast_variance: bool = True
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.mode not in BN_MODES:
             raise ValueError(f"unknown batch-norm mode {self.mode!r}; expected one of {BN_MODES}")
         features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,))
+        scale = (self.param("scale", nn.initializers.ones, (features,)) if self.use_scale
+                 else None)
         bias = self.param("bias", nn.initializers.zeros, (features,))
         axes = tuple(range(x.ndim - 1))
         use_batch_stats = self.mode == "transductive" or train
@@ -83,8 +88,24 @@ class BatchNorm(nn.Module):
             mean, var = ra_mean.value, ra_var.value
         # x * a + b rather than (x - mean) * a + bias: the same rounding (of
         # order |mean| / std * eps), without a centred copy of x in memory.
-        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        a = jax.lax.rsqrt(var + self.epsilon)
+        if scale is not None:
+            a = scale * a
         return x * a + (bias - mean * a)
+
+
+BN_OPTIONS = ("bn_mode", "bn_fast_variance", "bn_scale", "bn_epsilon")
+
+
+def bn_options(module: nn.Module) -> dict:
+    """A module's batch-norm attributes (`BN_OPTIONS`), to hand them to a submodule."""
+    return {name: getattr(module, name) for name in BN_OPTIONS}
+
+
+def make_batch_norm(module: nn.Module, name: str) -> BatchNorm:
+    """The `BatchNorm` a module's `BN_OPTIONS` attributes describe, named `name`."""
+    return BatchNorm(mode=module.bn_mode, fast_variance=module.bn_fast_variance,
+                     use_scale=module.bn_scale, epsilon=module.bn_epsilon, name=name)
 
 
 class Conv2D(nn.Module):
@@ -135,6 +156,8 @@ class Conv4Block(nn.Module):
       max_pool: 2x2 max-pool instead of a stride-2 convolution.
       bn_mode: batch-norm mode (`BN_MODES`).
       bn_fast_variance: `BatchNorm.fast_variance`.
+      bn_scale: `BatchNorm.use_scale`.
+      bn_epsilon: `BatchNorm.epsilon`.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
     """
 
@@ -142,13 +165,15 @@ class Conv4Block(nn.Module):
     max_pool: bool = False
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
+    bn_scale: bool = True
+    bn_epsilon: float = 1e-5
     conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         strides = (1, 1) if self.max_pool else (2, 2)
         x = Conv2D(self.features, (3, 3), strides, impl=self.conv_impl, name="conv")(x)
-        x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance, name="bn")(x, train)
+        x = make_batch_norm(self, "bn")(x, train)
         x = nn.relu(x)
         if self.max_pool:
             x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
@@ -172,6 +197,8 @@ class Conv4Trunk(nn.Module):
         (features [batch, height * width * filters] of the last block).
       bn_mode: batch-norm mode (`BN_MODES`).
       bn_fast_variance: `BatchNorm.fast_variance`.
+      bn_scale: `BatchNorm.use_scale`.
+      bn_epsilon: `BatchNorm.epsilon`.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
       dropout_rate: dropout after each block (see the module docstring).
     """
@@ -181,6 +208,8 @@ class Conv4Trunk(nn.Module):
     spatial_pool: str = "mean"
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
+    bn_scale: bool = True
+    bn_epsilon: float = 1e-5
     conv_impl: str = "xla"
     dropout_rate: float = 0.0
 
@@ -190,9 +219,8 @@ class Conv4Trunk(nn.Module):
             raise ValueError(f"unknown spatial_pool {self.spatial_pool!r}; "
                              "expected 'mean' or 'flatten'")
         for i in range(4):
-            x = Conv4Block(self.filters, max_pool=self.max_pool, bn_mode=self.bn_mode,
-                           bn_fast_variance=self.bn_fast_variance, conv_impl=self.conv_impl,
-                           name=f"block{i}")(x, train)
+            x = Conv4Block(self.filters, max_pool=self.max_pool, conv_impl=self.conv_impl,
+                           **bn_options(self), name=f"block{i}")(x, train)
             x = _dropout(x, self.dropout_rate, train)
         if self.spatial_pool == "mean":
             return jnp.mean(x, axis=(1, 2))
@@ -211,6 +239,8 @@ class MLPTrunk(nn.Module):
       batch_norm: whether to normalise each hidden layer (before its ReLU).
       bn_mode: batch-norm mode when `batch_norm`.
       bn_fast_variance: `BatchNorm.fast_variance`.
+      bn_scale: `BatchNorm.use_scale`.
+      bn_epsilon: `BatchNorm.epsilon`.
       kernel_init: initialiser of every kernel.
       dropout_rate: dropout after each hidden layer (see the module docstring).
     """
@@ -219,6 +249,8 @@ class MLPTrunk(nn.Module):
     batch_norm: bool = False
     bn_mode: str = "transductive"
     bn_fast_variance: bool = True
+    bn_scale: bool = True
+    bn_epsilon: float = 1e-5
     kernel_init: Callable = nn.initializers.lecun_normal()
     dropout_rate: float = 0.0
 
@@ -228,8 +260,7 @@ class MLPTrunk(nn.Module):
         for i, width in enumerate(self.hidden):
             x = nn.Dense(width, kernel_init=self.kernel_init, name=f"dense{i}")(x)
             if self.batch_norm:
-                x = BatchNorm(mode=self.bn_mode, fast_variance=self.bn_fast_variance,
-                              name=f"bn{i}")(x, train)
+                x = make_batch_norm(self, f"bn{i}")(x, train)
             x = nn.relu(x)
             x = _dropout(x, self.dropout_rate, train)
         return x

@@ -11,7 +11,9 @@ Each cell of the paper's Table 1 is a flagfile:
       --data_dir=/path/to/omniglot --workdir=runs/omni51
 
 Every field of `meta.runner.MamlRunConfig` is a flag (`--helpfull` lists
-them). Killing a run and rerunning the same command resumes it from the latest
+them). `--fidelity_preset=reference` sets the reference code's hidden details
+(meta/fidelity.py; one switch each, an explicit switch wins over the preset).
+Killing a run and rerunning the same command resumes it from the latest
 checkpoint. The run directory ends with `results.json`.
 """
 

@@ -17,13 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import evaluate as evaluate_lib
 from core.losses import LossFn
 from meta import maml
 from meta import task_map as task_map_lib
 
 
 def make_adaptation_eval(loss_fn: LossFn, *, inner_lr: float, steps: int, metric: str,
-                         task_map: str = "vmap") -> Callable:
+                         task_map: str = "vmap", loss_scale: float = 1.0,
+                         adapts: Callable[[str], bool] | None = None) -> Callable:
     """Builds `fn(params, model_state, tasks) -> {'loss', metric}` of shape [tasks, steps + 1].
 
     Adaptation runs the model with `train=False`: with transductive batch norm
@@ -36,6 +38,10 @@ def make_adaptation_eval(loss_fn: LossFn, *, inner_lr: float, steps: int, metric
       steps: number of test-time inner steps.
       metric: the name of the task metric in the loss function's metrics.
       task_map: how to map over tasks (`meta.task_map`).
+      loss_scale: multiplies the support loss of the inner steps, as in
+        meta-training (`maml.MamlConfig.inner_loss_scale`).
+      adapts: which parameters the inner steps update, as in meta-training
+        (`maml.MamlConfig.adapts`).
 
     Returns:
       A pure function (jit it once; it does not retrace across batches).
@@ -44,7 +50,8 @@ def make_adaptation_eval(loss_fn: LossFn, *, inner_lr: float, steps: int, metric
     def per_task(params, model_state, task):
         trajectory = maml.inner_loop(loss_fn, params, model_state, task.support_x,
                                      task.support_y, inner_lr=inner_lr, steps=steps,
-                                     first_order=True, train=False)
+                                     first_order=True, train=False, loss_scale=loss_scale,
+                                     adapts=adapts)
         results = [loss_fn(p, model_state, task.query_x, task.query_y, False)[1][1]
                    for p in trajectory]
         return {"loss": jnp.stack([r["loss"] for r in results]),
@@ -113,8 +120,9 @@ def evaluate(eval_fn: Callable, params, model_state, batch_fn: Callable[[int], A
     metric_chunks, loss_chunks = [], []
     for index in range(math.ceil(num_tasks / batch_size)):
         out = eval_fn(params, model_state, batch_fn(index))
-        metric_chunks.append(np.asarray(jax.device_get(out[metric])))
-        loss_chunks.append(np.asarray(jax.device_get(out["loss"])))
+        out = evaluate_lib.to_host({"metric": out[metric], "loss": out["loss"]})
+        metric_chunks.append(np.asarray(out["metric"]))
+        loss_chunks.append(np.asarray(out["loss"]))
     values = np.concatenate(metric_chunks)[:num_tasks]
     losses = np.concatenate(loss_chunks)[:num_tasks]
     scale = 100.0 if metric == "accuracy" else 1.0

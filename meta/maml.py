@@ -28,6 +28,7 @@ import optax
 
 from core import train_state
 from core.losses import LossFn
+from core.param_paths import keypath_name
 from core.train_state import Params
 from meta import task_map as task_map_lib
 
@@ -50,6 +51,14 @@ class MamlConfig:
         the compiled program (and its compile time) does not grow with
         `inner_steps`. XLA:CPU runs convolutions inside loops slowly
         (jax-ml/jax#12868), so this pairs with the im2col convolution there.
+      inner_loss_scale: the support loss the inner step differentiates is
+        this times the loss function's (mean) loss: the reference code's
+        classification loss, the per-example cross-entropy divided by K and
+        summed over the N·K support examples, is N times the mean.
+      adapts: path -> whether the inner loop updates that parameter (paths
+        '/'-joined, e.g. a `core.param_paths.PathFilter`); None: every
+        parameter. A parameter it leaves out keeps θ's value in θ' (the outer
+        optimizer still trains it).
     """
 
     inner_lr: float
@@ -57,6 +66,8 @@ class MamlConfig:
     first_order: bool = False
     remat: bool = False
     scan: bool = False
+    inner_loss_scale: float = 1.0
+    adapts: Callable[[str], bool] | None = None
 
     @property
     def scanned(self) -> bool:
@@ -68,10 +79,20 @@ class MamlConfig:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
         if self.inner_lr <= 0:
             raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.inner_loss_scale <= 0:
+            raise ValueError(f"inner_loss_scale must be > 0, got {self.inner_loss_scale}")
+
+    @property
+    def inner_options(self) -> dict:
+        """The keyword arguments of `inner_loop` that come from the config."""
+        return {"inner_lr": self.inner_lr, "first_order": self.first_order,
+                "remat": self.remat, "loss_scale": self.inner_loss_scale,
+                "adapts": self.adapts}
 
 
 def inner_step(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: float,
-               first_order: bool, train: bool = True) -> Params:
+               first_order: bool, train: bool = True, loss_scale: float = 1.0,
+               adapts: Callable[[str], bool] | None = None) -> Params:
     """One SGD step on a task's support set: θ' = θ − α ∇_θ L(θ) (paper eq. 1).
 
     Args:
@@ -83,27 +104,36 @@ def inner_step(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
       inner_lr: α.
       first_order: treat ∇_θ L as a constant when differentiating θ' w.r.t. θ.
       train: passed to the model (batch statistics in running-BN mode).
+      loss_scale: L is this times the loss function's loss (`MamlConfig.inner_loss_scale`).
+      adapts: which parameters the step updates, by path (`MamlConfig.adapts`).
 
     Returns:
       θ', a pytree like `params`.
     """
-    grads = jax.grad(lambda p: loss_fn(p, model_state, x, y, train)[0])(params)
+    if loss_scale == 1.0:
+        support_loss = lambda p: loss_fn(p, model_state, x, y, train)[0]
+    else:
+        support_loss = lambda p: loss_scale * loss_fn(p, model_state, x, y, train)[0]
+    grads = jax.grad(support_loss)(params)
     if first_order:
         grads = jax.lax.stop_gradient(grads)
-    return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+    if adapts is None:
+        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p, g: p - inner_lr * g if adapts(keypath_name(path)) else p, params, grads)
 
 
-def _step_fn(loss_fn: LossFn, model_state, x, y, *, inner_lr: float, first_order: bool,
-             remat: bool, train: bool) -> Callable[[Params], Params]:
+def _step_fn(loss_fn: LossFn, model_state, x, y, *, remat: bool, train: bool,
+             **options) -> Callable[[Params], Params]:
     """θ -> θ' for one task's support set, optionally rematerialised."""
-    step = lambda p: inner_step(loss_fn, p, model_state, x, y, inner_lr=inner_lr,
-                                first_order=first_order, train=train)
+    step = lambda p: inner_step(loss_fn, p, model_state, x, y, train=train, **options)
     return jax.checkpoint(step) if remat else step
 
 
 def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: float,
                steps: int, first_order: bool = False, remat: bool = False,
-               train: bool = True) -> list[Params]:
+               train: bool = True, loss_scale: float = 1.0,
+               adapts: Callable[[str], bool] | None = None) -> list[Params]:
     """`steps` inner SGD steps; returns the parameters after each of them.
 
     The loop is unrolled in Python (steps are few) because XLA:CPU runs
@@ -120,12 +150,14 @@ def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
       first_order: FOMAML.
       remat: wrap each step in `jax.checkpoint`.
       train: passed to the model.
+      loss_scale: multiplies the support loss (`MamlConfig.inner_loss_scale`).
+      adapts: which parameters are updated, by path (`MamlConfig.adapts`).
 
     Returns:
       A list of `steps + 1` pytrees: θ, θ'_1, ..., θ'_steps.
     """
     step = _step_fn(loss_fn, model_state, x, y, inner_lr=inner_lr, first_order=first_order,
-                    remat=remat, train=train)
+                    remat=remat, train=train, loss_scale=loss_scale, adapts=adapts)
     trajectory = [params]
     for _ in range(steps):
         trajectory.append(step(trajectory[-1]))
@@ -134,7 +166,8 @@ def inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: 
 
 def scanned_inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, inner_lr: float,
                        steps: int, first_order: bool = False, remat: bool = False,
-                       train: bool = True) -> Params:
+                       train: bool = True, loss_scale: float = 1.0,
+                       adapts: Callable[[str], bool] | None = None) -> Params:
     """`inner_loop` as a `lax.scan`: the same θ'_steps, one compiled step body.
 
     Args: as `inner_loop`.
@@ -143,7 +176,7 @@ def scanned_inner_loop(loss_fn: LossFn, params: Params, model_state, x, y, *, in
       θ'_steps only (the trajectory is not kept).
     """
     step = _step_fn(loss_fn, model_state, x, y, inner_lr=inner_lr, first_order=first_order,
-                    remat=remat, train=train)
+                    remat=remat, train=train, loss_scale=loss_scale, adapts=adapts)
     adapted, _ = jax.lax.scan(lambda p, _: (step(p), None), params, None, length=steps)
     return adapted
 
@@ -163,13 +196,11 @@ def task_query_loss(loss_fn: LossFn, params: Params, model_state, task, config: 
     """
     if config.scanned:
         adapted = scanned_inner_loop(loss_fn, params, model_state, task.support_x,
-                                     task.support_y, inner_lr=config.inner_lr,
-                                     steps=config.inner_steps, first_order=config.first_order,
-                                     remat=config.remat)
+                                     task.support_y, steps=config.inner_steps,
+                                     **config.inner_options)
     else:
         adapted = inner_loop(loss_fn, params, model_state, task.support_x, task.support_y,
-                             inner_lr=config.inner_lr, steps=config.inner_steps,
-                             first_order=config.first_order, remat=config.remat)[-1]
+                             steps=config.inner_steps, **config.inner_options)[-1]
     return loss_fn(adapted, model_state, task.query_x, task.query_y, True)
 
 

@@ -22,12 +22,13 @@ from core import mesh as mesh_lib
 from core import networks
 from core import train_state
 from core.datasets import sinusoid
-from core.datasets.omniglot import MAML_SPLIT_SIZES
+from core.datasets.omniglot import MAML_SPLIT_SIZES, RESIZE_METHODS, ROTATIONS
 from core.errors import ConfigError
 from core.experiment import option, override
 from core.losses import classification_loss, regression_loss, split_variables
 from core.metrics import read_metrics
 from meta import evaluation
+from meta import fidelity as fidelity_lib
 from meta import maml
 from meta import task_map as task_map_lib
 
@@ -93,6 +94,45 @@ class MamlRunConfig(experiment.RunConfig):
     strategy: str = option("auto", "How tasks are mapped and convolutions computed; auto picks "
                                    "per backend.", choices=task_map_lib.STRATEGIES,
                            resumable=True)
+    # The reference code's hidden details (meta/fidelity.py): a preset, and one switch per
+    # detail; a switch left unset (None) takes the preset's value, one given explicitly wins.
+    fidelity_preset: str = option(
+        "ours", "Sets every fidelity switch left unset: 'ours' (this library's choices) or "
+        "'reference' (those of the reference code, cbfinn/maml). An explicit switch wins.",
+        choices=fidelity_lib.PRESETS)
+    inner_loss_reduction: str | None = option(
+        None, "Inner-loop classification loss: mean cross-entropy over the support set "
+        "(ours), or sum_div_shots, the reference's cross-entropy / K summed over the N*K "
+        "support examples (N times the mean's step at the same alpha; also at test). "
+        "Regression (sinusoid) takes mean only. Default: from --fidelity_preset.",
+        choices=fidelity_lib.INNER_LOSS_REDUCTIONS)
+    bn_scale: bool | None = option(
+        None, "Batch norm has a learnable scale (ours; reference: no scale). Default: from "
+        "--fidelity_preset.")
+    bn_epsilon: float | None = option(
+        None, "Batch-norm epsilon (ours 1e-5, reference 1e-3). Default: from "
+        "--fidelity_preset.")
+    inner_adapt: tuple[str, ...] | None = option(
+        None, "Glob (or regex) patterns of the '/'-joined parameter paths the inner loop "
+        "adapts, e.g. head for ANIL; '*': all. Parameters not adapted are trained by the "
+        "outer optimizer only. Default: from --fidelity_preset ('*').")
+    inner_adapt_exclude: tuple[str, ...] | None = option(
+        None, "Patterns of parameter paths the inner loop does not adapt (reference: */bn*, "
+        "batch norm; ours: none; give it empty to exclude nothing). Default: from "
+        "--fidelity_preset.")
+    omniglot_resize: str | None = option(
+        None, "Omniglot resize to 28x28: lanczos, grey levels (ours), or nearest_binary, "
+        "binary images as the reference's Pillow resize of 1-bit drawings. Default: from "
+        "--fidelity_preset.", choices=RESIZE_METHODS)
+    rotation_sampling: str | None = option(
+        None, "Omniglot rotations: as_classes, every (character, rotation) an independent "
+        "class (ours), or per_episode, distinct characters per episode, each with a random "
+        "rotation (reference). Default: from --fidelity_preset.",
+        choices=fidelity_lib.ROTATION_SAMPLINGS)
+    head_init: str | None = option(
+        None, "Output layer kernel init: lecun_normal (ours), normal N(0, 1) (reference, "
+        "Omniglot) or glorot_uniform (reference, mini-ImageNet). Default: from "
+        "--fidelity_preset.", choices=networks.HEAD_INITS)
 
     def validate(self) -> None:
         super().validate()
@@ -108,6 +148,19 @@ class MamlRunConfig(experiment.RunConfig):
         if self.dataset != "sinusoid":
             need(bool(self.data_dir), f"--data_dir is required for --dataset={self.dataset}: "
                  "the folder that holds the official dataset files")
+        fidelity_lib.resolve(self)  # refuses a bad or inapplicable switch
+
+    def derived(self) -> dict[str, Any]:
+        """What the fidelity switches resolve to: config.json's `fidelity` (the preset's
+        name is the field `fidelity_preset`)."""
+        resolved = self.fidelity.record()
+        del resolved["preset"]
+        return {"fidelity": resolved}
+
+    @property
+    def fidelity(self) -> fidelity_lib.Fidelity:
+        """The reference-fidelity switches, resolved from the preset and explicit flags."""
+        return fidelity_lib.resolve(self)
 
     def default_workdir(self) -> str:
         if self.dataset == "sinusoid":
@@ -150,16 +203,17 @@ def build_model(config: MamlRunConfig, conv_impl: str):
         return model, regression_loss(model), jnp.zeros((config.shots, 1))
     size, channels = (28, 1) if config.dataset == "omniglot" else (84, 3)
     example = jnp.zeros((config.ways * config.shots, size, size, channels))
+    fidelity = config.fidelity
+    options = dict(bn_mode=config.bn_mode, bn_fast_variance=config.bn_fast_variance,
+                   bn_scale=fidelity.bn_scale, bn_epsilon=fidelity.bn_epsilon,
+                   head_init=networks.head_initializer(fidelity.head_init))
     if network == "mlp":
         model = networks.MLP(hidden=(256, 128, 64, 64), outputs=config.ways, batch_norm=True,
-                             bn_mode=config.bn_mode, bn_fast_variance=config.bn_fast_variance)
+                             **options)
     elif config.dataset == "omniglot":
-        model = networks.omniglot_conv4(config.ways, config.bn_mode, conv_impl,
-                                        bn_fast_variance=config.bn_fast_variance)
+        model = networks.omniglot_conv4(config.ways, conv_impl=conv_impl, **options)
     else:
-        model = dataclasses.replace(networks.miniimagenet_conv4(config.ways, config.bn_mode,
-                                                                conv_impl),
-                                    bn_fast_variance=config.bn_fast_variance)
+        model = networks.miniimagenet_conv4(config.ways, conv_impl=conv_impl, **options)
     return model, classification_loss(model), example
 
 
@@ -214,10 +268,15 @@ def sinusoid_episodes(config: MamlRunConfig, mesh) -> Episodes:
 def image_episodes(config: MamlRunConfig, mesh) -> Episodes:
     """N-way K-shot episodes of Omniglot or mini-ImageNet, placed on the mesh."""
     from core.datasets.episodes import EpisodeSampler, EpisodeSpec
+    fidelity = config.fidelity
+    group_size = 1
     if config.dataset == "omniglot":
         from core.datasets.omniglot import load_omniglot
         splits = load_omniglot(config.data_dir, config.resolved_cache_dir,
-                               split_sizes=tuple(config.omniglot_split))
+                               split_sizes=tuple(config.omniglot_split),
+                               resize=fidelity.omniglot_resize)
+        # Classes 4k..4k+3 are character k's rotations (load_omniglot).
+        group_size = len(ROTATIONS) if fidelity.rotation_sampling == "per_episode" else 1
     else:
         from core.datasets.miniimagenet import load_miniimagenet
         splits = load_miniimagenet(config.data_dir, config.resolved_cache_dir)
@@ -226,7 +285,7 @@ def image_episodes(config: MamlRunConfig, mesh) -> Episodes:
     fns = {}
     for split, seed in seeds.items():
         spec = EpisodeSpec(ways=config.ways, shots=config.shots, query=_query(config, split))
-        sampler = EpisodeSampler(splits[split], spec, seed=seed)
+        sampler = EpisodeSampler(splits[split], spec, seed=seed, group_size=group_size)
         fns[split] = (lambda i, s=sampler: mesh_lib.put_batch(s.batch(i, config.meta_batch_size),
                                                               mesh))
     return Episodes(train=fns.pop("train"), sample_in_step=None, eval=fns)
@@ -239,11 +298,17 @@ def build(config: MamlRunConfig, mesh) -> experiment.Program:
     episodes = (sinusoid_episodes if config.dataset == "sinusoid" else image_episodes)(config,
                                                                                        mesh)
     params, model_state = split_variables(model.init(jax.random.PRNGKey(config.seed), example))
+    fidelity = config.fidelity
+    adapts = fidelity.inner_filter()
+    if adapts is not None:
+        adapts.selected(params, "--inner_adapt", "--inner_adapt_exclude")  # every pattern used
+    loss_scale = fidelity.inner_loss_scale(config.ways)
     optimizer = maml.outer_optimizer(config.meta_lr, config.grad_clip)
     state = mesh_lib.put_replicated(train_state.create(params, model_state, optimizer), mesh)
     maml_config = maml.MamlConfig(inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                                   first_order=config.first_order, remat=config.remat,
-                                  scan=config.scan_inner_loop)
+                                  scan=config.scan_inner_loop, inner_loss_scale=loss_scale,
+                                  adapts=adapts)
     meta_step = maml.make_meta_train_step(loss_fn, optimizer, maml_config, task_map)
     if episodes.sample_in_step is not None:
         step_fn = lambda state, index: meta_step(state, episodes.sample_in_step(index))
@@ -254,7 +319,8 @@ def build(config: MamlRunConfig, mesh) -> experiment.Program:
     repl, sharded = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
     eval_batch = jax.jit(evaluation.make_adaptation_eval(
         loss_fn, inner_lr=config.eval_inner_lr or config.inner_lr,
-        steps=config.eval_inner_steps, metric=config.metric, task_map=task_map),
+        steps=config.eval_inner_steps, metric=config.metric, task_map=task_map,
+        loss_scale=loss_scale, adapts=adapts),
         in_shardings=(repl, repl, sharded), out_shardings=sharded)
 
     def run_eval(state, split: str, num_tasks: int) -> dict[str, Any]:
@@ -291,7 +357,8 @@ def build(config: MamlRunConfig, mesh) -> experiment.Program:
         resolved={"resolved_task_map": task_map, "resolved_conv_impl": conv_impl},
         summary={"dataset": config.dataset,
                  "ways": None if config.dataset == "sinusoid" else config.ways,
-                 "shots": config.shots, "bn_mode": config.bn_mode},
+                 "shots": config.shots, "bn_mode": config.bn_mode,
+                 "fidelity": fidelity.record()},
         finish=functools.partial(_plot_curves, config))
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from core import evaluate as evaluate_lib
 from core.datasets import arrays
 from core.datasets.arrays import Arrays
 from transfer.networks import Classifier
@@ -54,7 +55,7 @@ def _split_features(features, params, data: Arrays, batch_size: int, mesh: Mesh)
     outputs = [features(params, batch["x"])
                for batch in arrays.eval_batches(data, batch_size, mesh)]
     if outputs:
-        x = np.concatenate([np.asarray(out) for out in jax.device_get(outputs)])[:len(data)]
+        x = np.concatenate([np.asarray(out) for out in evaluate_lib.to_host(outputs)])[:len(data)]
     else:
         shape = jax.eval_shape(features, params, jnp.zeros((1, *data.x.shape[1:]), jnp.float32))
         x = np.zeros((0, *shape.shape[1:]), np.float32)

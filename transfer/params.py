@@ -12,7 +12,8 @@ that lists the paths and names the argument that fixes it, so a renamed layer
 never silently keeps its random init.
 
 Patterns (`dont_load`, `ignore_source`, `zero_init`, the keys of `rename`, and
-the rules of `transfer.param_groups`) follow one rule (`compile_pattern`):
+the rules of `transfer.param_groups`) follow one rule (`compile_pattern`, from
+`core.param_paths`, which the meta-learning family shares):
 
 * a pattern containing any of ``\\ . ^ $ + { } ( ) |`` is a regular
   expression; otherwise it is a shell glob (`fnmatch`: `*` also crosses '/',
@@ -36,7 +37,6 @@ or an `.npz` file (`save_npz` documents the layout):
         dont_load=("heads",))
 """
 
-import fnmatch
 import os
 import re
 import zipfile
@@ -49,34 +49,14 @@ import numpy as np
 
 from core import experiment
 from core.errors import ConfigError, DataError
+# The path and pattern rule is core's (shared with the meta-learning family); re-exported here.
+from core.param_paths import (compile_pattern, flatten, is_regex, listing,  # noqa: F401
+                              match_path)
 
 Tree = Any
 Flat = dict[str, Any]
 
-_REGEX_ONLY = frozenset("\\.^$+{}()|")
-_LISTED = 10
 _COLLECTIONS = ("params", "model_state")
-
-
-def flatten(tree: Tree) -> Flat:
-    """{path: leaf} of a nested mapping; empty sub-mappings have no path and vanish."""
-    flat = {}
-
-    def visit(node, prefix):
-        for key, value in node.items():
-            if not isinstance(key, str) or not key or "/" in key:
-                raise ConfigError(f"parameter key {key!r} under {prefix or 'the root'!r} is "
-                                  f"not a non-empty string without '/'; paths cannot name it")
-            path = f"{prefix}/{key}" if prefix else key
-            if isinstance(value, Mapping):
-                visit(value, path)
-            else:
-                flat[path] = value
-
-    if not isinstance(tree, Mapping):
-        raise ConfigError(f"parameters must be a nested dict, got {type(tree).__name__}")
-    visit(tree, "")
-    return flat
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
@@ -104,40 +84,6 @@ def select_subtree(tree: Tree, prefix: str) -> Tree:
                               f"has no key {key!r} (it has {', '.join(sorted(node)) or 'none'})")
         node = node[key]
     return node
-
-
-def is_regex(pattern: str) -> bool:
-    """Whether a pattern is read as a regular expression (it has a regex-only character)."""
-    return not _REGEX_ONLY.isdisjoint(pattern)
-
-
-def compile_pattern(pattern: str) -> re.Pattern:
-    """The regex of a pattern, by the module's rule (regex if it has a regex-only character)."""
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"a parameter pattern must be a non-empty string, got {pattern!r}")
-    if not is_regex(pattern):
-        return re.compile(fnmatch.translate(pattern))
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ConfigError(f"parameter pattern {pattern!r} is not a valid regular expression "
-                          f"({e}); escape regex characters with '\\' or use a glob") from None
-
-
-def match_path(compiled: re.Pattern, path: str) -> re.Match | None:
-    """The match of the shortest ancestor-or-self of `path` that `compiled` fully matches."""
-    parts = path.split("/")
-    for end in range(1, len(parts) + 1):
-        found = compiled.fullmatch("/".join(parts[:end]))
-        if found:
-            return found
-    return None
-
-
-def listing(paths: list[str]) -> str:
-    """Up to ten paths, comma-separated, with a count of the rest (for error messages)."""
-    more = f" (and {len(paths) - _LISTED} more)" if len(paths) > _LISTED else ""
-    return ", ".join(paths[:_LISTED]) + more
 
 
 def _split(path: str, in_state: bool) -> tuple[str, str]:

@@ -12,6 +12,14 @@ each picked class, `shots + query` distinct images are drawn without
 replacement; the first `shots` form the support set, the rest the query set.
 Both sets are class-major: [label 0 images, label 1 images, ...].
 
+With `group_size=G > 1` the classes come in groups of G variants of one base
+class (Omniglot: class 4k + r is character k rotated by r * 90 degrees), and
+an episode picks `ways` distinct groups in random order, then one variant of
+each uniformly at random: two variants of one base class never share an
+episode, as the reference MAML code samples Omniglot (distinct characters,
+then a rotation per class and episode). `group_size=1` (the default) treats
+every class as independent.
+
 Evaluation uses a fixed set of episodes, identical across runs by
 construction, e.g. `fixed_episodes(EpisodeSampler(test, spec, seed=eval_seed),
 600)`.
@@ -74,7 +82,8 @@ class Episode(NamedTuple):
 class EpisodeSampler:
     """Draws reproducible episodes from one dataset split by index."""
 
-    def __init__(self, data: ClassImages, spec: EpisodeSpec, seed: int):
+    def __init__(self, data: ClassImages, spec: EpisodeSpec, seed: int,
+                 group_size: int = 1):
         """Creates a sampler.
 
         Args:
@@ -82,20 +91,32 @@ class EpisodeSampler:
             spec: episode shape.
             seed: stream seed, a non-negative integer. Use different seeds for
                 streams that must differ (e.g. training and evaluation).
+            group_size: classes per group of variants of one base class (see
+                the module docstring); 1: every class is independent.
 
         Raises:
-            ConfigError: the data has fewer classes than `spec.ways` or fewer
-                images per class than `spec.shots + spec.query`, or the seed
+            ConfigError: the data has fewer classes (groups) than `spec.ways`
+                or fewer images per class than `spec.shots + spec.query`, the
+                classes do not split into groups of `group_size`, or the seed
                 is not a non-negative integer.
         """
         if not _is_int(seed) or seed < 0:
             raise ConfigError(
                 f'Episode seed must be a non-negative integer; got {seed!r}.')
-        if spec.ways > data.num_classes:
+        if not _is_int(group_size) or group_size < 1:
             raise ConfigError(
-                f'{spec.ways}-way episodes need {spec.ways} classes, but the '
-                f'data has only {data.num_classes}. Use ways <= '
-                f'{data.num_classes}.')
+                f'group_size must be a positive integer; got {group_size!r}.')
+        if data.num_classes % group_size:
+            raise ConfigError(
+                f'{data.num_classes} classes do not split into groups of '
+                f'{group_size} variants.')
+        groups = data.num_classes // group_size
+        if spec.ways > groups:
+            what = ('classes' if group_size == 1 else
+                    f'base classes (groups of {group_size} variants)')
+            raise ConfigError(
+                f'{spec.ways}-way episodes need {spec.ways} {what}, but the '
+                f'data has only {groups}. Use ways <= {groups}.')
         if spec.shots + spec.query > data.images_per_class:
             raise ConfigError(
                 f'shots={spec.shots} + query={spec.query} = '
@@ -105,6 +126,7 @@ class EpisodeSampler:
         self._images = data.images
         self._spec = spec
         self._seed = int(seed)
+        self._group_size = int(group_size)
         self._support_labels = np.repeat(
             np.arange(spec.ways, dtype=np.int32), spec.shots)
         self._query_labels = np.repeat(
@@ -164,7 +186,14 @@ class EpisodeSampler:
         for task in range(count):
             rng = np.random.default_rng([self._seed, first + task])
             # Random order: the k-th chosen class gets label k.
-            classes[task] = rng.choice(num_classes, spec.ways, replace=False)
+            if self._group_size == 1:
+                classes[task] = rng.choice(num_classes, spec.ways,
+                                           replace=False)
+            else:
+                groups = rng.choice(num_classes // self._group_size,
+                                    spec.ways, replace=False)
+                variants = rng.integers(self._group_size, size=spec.ways)
+                classes[task] = groups * self._group_size + variants
             # Distinct images within each class: ranks of random keys.
             picks[task] = np.argsort(rng.random((spec.ways, per_class)),
                                      axis=1)[:, :images_needed]

@@ -11,9 +11,14 @@ shuffled with `np.random.RandomState(1)`, and the first 1100 become training,
 the next 100 validation and the remaining 423 test characters. Each character
 then yields four classes, rotated by 0, 90, 180 and 270 degrees.
 
-Images are resized with Lanczos filtering and inverted so strokes are bright
-on a zero background. The decoded, resized (unrotated) images are cached as an
-`.npz` in `cache_dir`; nothing is ever written to `data_dir`.
+Images are resized (`RESIZE_METHODS`) and inverted so strokes are bright on a
+zero background: 'lanczos' (the default) converts each 1-bit drawing to grey
+levels and resizes it with Lanczos filtering; 'nearest_binary' resizes the
+1-bit drawing itself, which Pillow does with nearest neighbour whatever the
+filter asked for, so the images stay binary (0 or 255), as the reference MAML
+code's `resize_images.py` makes them. The decoded, resized (unrotated) images
+are cached as an `.npz` in `cache_dir`, one file per image size and resize
+method; nothing is ever written to `data_dir`.
 
 `load_omniglot` gives the MAML split as rotated classes (meta-learning).
 `load_omniglot_characters` gives the same decoded characters unrotated, each
@@ -42,12 +47,14 @@ from core.errors import ConfigError
 from core.errors import DataError
 
 __all__ = ['ClassImages', 'load_omniglot', 'OMNIGLOT_ZIP_NAMES',
-           'MAML_SPLIT_SIZES', 'ROTATIONS', 'OmniglotCharacters',
-           'load_omniglot_characters', 'maml_character_split']
+           'MAML_SPLIT_SIZES', 'ROTATIONS', 'RESIZE_METHODS',
+           'OmniglotCharacters', 'load_omniglot_characters',
+           'maml_character_split', 'cache_file_name']
 
 OMNIGLOT_ZIP_NAMES = ('images_background.zip', 'images_evaluation.zip')
 MAML_SPLIT_SIZES = (1100, 100)  # (train, val); the remaining 423 are test.
 ROTATIONS = (0, 90, 180, 270)
+RESIZE_METHODS = ('lanczos', 'nearest_binary')
 _SPLIT_SEED = 1
 _SOURCE_HINT = ('Download the Omniglot zips from '
                 'https://github.com/brendenlake/omniglot '
@@ -60,6 +67,7 @@ def load_omniglot(
     cache_dir: str,
     image_size: int = 28,
     split_sizes: tuple[int, int] = MAML_SPLIT_SIZES,
+    resize: str = 'lanczos',
 ) -> dict[str, ClassImages]:
     """Loads Omniglot split into rotated character classes.
 
@@ -71,6 +79,8 @@ def load_omniglot(
         image_size: side length in pixels of the resized square images.
         split_sizes: (train, val) numbers of characters; all remaining
             characters are test. Default: the MAML split (1100, 100).
+        resize: how drawings are resized (`RESIZE_METHODS`, see the module
+            docstring).
 
     Returns:
         {'train', 'val', 'test'} -> ClassImages with uint8 images
@@ -81,12 +91,12 @@ def load_omniglot(
     Raises:
         DataError: a zip is missing, corrupt or laid out unexpectedly, or there
             are too few characters for `split_sizes`.
-        ConfigError: `image_size` or `split_sizes` is invalid, or `cache_dir`
-            cannot be written.
+        ConfigError: `image_size`, `split_sizes` or `resize` is invalid, or
+            `cache_dir` cannot be written.
     """
     _check_positive_int('image_size', image_size)
     num_train, num_val = _check_split_sizes(split_sizes)
-    characters, names = _load_characters(data_dir, cache_dir, image_size)
+    characters, names = _load_characters(data_dir, cache_dir, image_size, resize)
     num_characters = len(names)
     if num_characters < num_train + num_val + 1:
         raise DataError(
@@ -127,7 +137,8 @@ class OmniglotCharacters:
 
 
 def load_omniglot_characters(data_dir: str, cache_dir: str,
-                             image_size: int = 28) -> OmniglotCharacters:
+                             image_size: int = 28,
+                             resize: str = 'lanczos') -> OmniglotCharacters:
     """All 1623 characters of both zips, unrotated, with the zip of each.
 
     The images are `load_omniglot`'s before rotation (same decoding, same
@@ -138,14 +149,16 @@ def load_omniglot_characters(data_dir: str, cache_dir: str,
         data_dir: directory holding both official zips (only read).
         cache_dir: writable directory for the decoded-image cache.
         image_size: side length in pixels of the resized square images.
+        resize: how drawings are resized (`RESIZE_METHODS`).
 
     Raises:
         DataError: a zip is missing, corrupt or laid out unexpectedly, or a
             character name is in both zips.
-        ConfigError: `image_size` is invalid or `cache_dir` cannot be written.
+        ConfigError: `image_size` or `resize` is invalid or `cache_dir`
+            cannot be written.
     """
     _check_positive_int('image_size', image_size)
-    images, names = _load_characters(data_dir, cache_dir, image_size)
+    images, names = _load_characters(data_dir, cache_dir, image_size, resize)
     zip_of = {}
     for zip_name in OMNIGLOT_ZIP_NAMES:
         path = os.path.join(data_dir, zip_name)
@@ -224,14 +237,32 @@ def _rotated_classes(characters: np.ndarray,
     return ClassImages(images=images, class_names=class_names)
 
 
-def _load_characters(data_dir: str, cache_dir: str,
-                     image_size: int) -> tuple[np.ndarray, list[str]]:
+def cache_file_name(zip_paths: list[str], image_size: int,
+                    resize: str = 'lanczos') -> str:
+    """The cache file of the decoded drawings, keyed on the zips, the size and the resize.
+
+    The Lanczos cache keeps the name it had before the resize method was a
+    choice ('omniglot_28px_<hash>.npz'), so existing caches stay valid; every
+    other method adds its name to the file name and to the hash.
+    """
+    if resize == 'lanczos':
+        return (f'omniglot_{image_size}px_'
+                f'{source_fingerprint(zip_paths, image_size)}.npz')
+    return (f'omniglot_{image_size}px_{resize}_'
+            f'{source_fingerprint(zip_paths, image_size, resize)}.npz')
+
+
+def _load_characters(data_dir: str, cache_dir: str, image_size: int,
+                     resize: str) -> tuple[np.ndarray, list[str]]:
     """All characters sorted by name, from the cache or decoded from the zips.
 
     Returns:
         uint8 images [characters, drawers, image_size, image_size] (strokes
         bright) and the matching "<alphabet>/<character>" names.
     """
+    if resize not in RESIZE_METHODS:
+        raise ConfigError(f'unknown Omniglot resize method {resize!r}; expected '
+                          f'one of {", ".join(RESIZE_METHODS)}.')
     if not os.path.isdir(data_dir):
         raise DataError(
             f'Omniglot data directory {data_dir!r} does not exist or is not a '
@@ -242,9 +273,8 @@ def _load_characters(data_dir: str, cache_dir: str,
             raise DataError(
                 f'Omniglot file {path!r} is missing. {_SOURCE_HINT}')
     prepare_cache_dir(cache_dir)
-    cache_path = os.path.join(
-        cache_dir, f'omniglot_{image_size}px_'
-        f'{source_fingerprint(zip_paths, image_size)}.npz')
+    cache_path = os.path.join(cache_dir,
+                              cache_file_name(zip_paths, image_size, resize))
     cached = load_cached_arrays(cache_path, ('images', 'names'))
     if cached is not None and _cache_is_consistent(cached, image_size):
         return cached['images'], [str(name) for name in cached['names']]
@@ -254,7 +284,7 @@ def _load_characters(data_dir: str, cache_dir: str,
     start = time.time()
     characters = {}
     for path in zip_paths:
-        characters.update(_decode_zip(path, image_size))
+        characters.update(_decode_zip(path, image_size, resize))
     names = sorted(characters)
     _check_same_drawer_count(characters, data_dir)
     images = np.stack([characters[name] for name in names])
@@ -274,7 +304,8 @@ def _cache_is_consistent(cached: dict[str, np.ndarray],
             and names.dtype.kind == 'U')
 
 
-def _decode_zip(zip_path: str, image_size: int) -> dict[str, np.ndarray]:
+def _decode_zip(zip_path: str, image_size: int,
+                resize: str = 'lanczos') -> dict[str, np.ndarray]:
     """Decodes one Omniglot zip.
 
     Returns:
@@ -307,19 +338,23 @@ def _decode_zip(zip_path: str, image_size: int) -> dict[str, np.ndarray]:
                 f'{top_folder}/. {_SOURCE_HINT}')
         return {
             name: np.stack([
-                _decode_drawing(archive, zip_path, member, image_size)
+                _decode_drawing(archive, zip_path, member, image_size, resize)
                 for member in sorted(drawings)
             ]) for name, drawings in members.items()
         }
 
 
 def _decode_drawing(archive: zipfile.ZipFile, zip_path: str, member: str,
-                    image_size: int) -> np.ndarray:
+                    image_size: int, resize: str = 'lanczos') -> np.ndarray:
     """One drawing as uint8 [image_size, image_size], strokes bright."""
+    size = (image_size, image_size)
     try:
         with Image.open(io.BytesIO(archive.read(member))) as image:
-            grey = image.convert('L').resize((image_size, image_size),
-                                             Image.LANCZOS)
+            if resize == 'lanczos':
+                grey = image.convert('L').resize(size, Image.LANCZOS)
+            else:  # 'nearest_binary': a 1-bit image (thresholded at 128, no dithering).
+                binary = image.convert('1', dither=Image.Dither.NONE)
+                grey = binary.resize(size, Image.NEAREST).convert('L')
     except Exception as e:  # pylint: disable=broad-except
         # zipfile, zlib and PIL raise many unrelated types for corrupt bytes.
         raise DataError(

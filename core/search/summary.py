@@ -70,20 +70,44 @@ def _ci(values: Sequence[float | None]) -> tuple[float, float] | None:
     return stats.mean_ci95(values) if values else None
 
 
+def _short(value: Any) -> Any:
+    """A float with 4 significant digits (searched values carry 17); others as they are."""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def _labels(groups: Mapping[str, list[dict[str, Any]]]) -> dict[str, str]:
     configs = {key: json.loads(key) for key in groups}
     keys = sorted({k for c in configs.values() for k in c})
     varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
                                        for c in configs.values()}) > 1]
-    return {key: (", ".join(f"{k}={c.get(k)}" for k in varying) or "all runs")
+    return {key: (", ".join(f"{k}={_short(c.get(k))}" for k in varying) or "all runs")
             for key, c in configs.items()}
 
 
+def seed_key(config: Mapping[str, Any]) -> str:
+    """The seeds of a run (`seed` and every `*_seed`)."""
+    return json.dumps({k: v for k, v in config.items() if k == "seed" or k.endswith("_seed")},
+                      sort_keys=True)
+
+
 def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration, in the order of their first run."""
+    """One row per configuration, in the order of their first run.
+
+    A configuration counts each set of seeds once: a run repeating another
+    run's configuration and seeds (a study's best trial and its rerun with the
+    same seed, or two grid searches that chose the same point) is the same
+    sample, so only the first is kept and `duplicates` counts the others.
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
+    duplicates: dict[str, int] = {}
+    seen: set[tuple[str, str]] = set()
     for run in runs:
-        groups.setdefault(configuration_key(run["config"]), []).append(dict(run))
+        key = configuration_key(run["config"])
+        if (key, seed_key(run["config"])) in seen:
+            duplicates[key] = duplicates.get(key, 0) + 1
+            continue
+        seen.add((key, seed_key(run["config"])))
+        groups.setdefault(key, []).append(dict(run))
     labels = _labels(groups)
     rows = []
     for key, members in groups.items():
@@ -94,7 +118,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "test": {m: _ci([r["test"].get(m) for r in members]) for m in metrics},
             "steps": _ci([r["steps"] for r in members]),
             "wall_seconds": _ci([r["wall_seconds"] for r in members]),
-            "runs": [r["workdir"] for r in members]})
+            "runs": [r["workdir"] for r in members], "duplicates": duplicates.get(key, 0)})
     return rows
 
 
@@ -109,7 +133,9 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
               + ["steps", "wall s"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["configuration"], str(row["seeds"]), _cell(row["best_val"])]
+        seeds = str(row["seeds"]) + (f" (+{row['duplicates']} repeated)"
+                                     if row.get("duplicates") else "")
+        cells = [row["configuration"], seeds, _cell(row["best_val"])]
         cells += [_cell(row["test"].get(m)) for m in metrics]
         steps, wall = row["steps"], row["wall_seconds"]
         cells += ["—" if steps is None else f"{steps[0]:.0f}",

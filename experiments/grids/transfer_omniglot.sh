@@ -36,7 +36,7 @@ BACKGROUND=$OUT/source_background
 MAML_TRAIN=$OUT/source_maml_train
 MAML=$OUT/source_maml_5way_1shot
 
-MAML_RUNS=("--flagfile=experiments/flags/maml/omniglot_5way_1shot.flags --data_dir=$DATA --num_steps=$MAML_STEPS --eval_every=1000 --checkpoint_every=500 --val_tasks=200 --eval_tasks=200 --workdir=$MAML")
+MAML_RUNS=("--flagfile=experiments/flags/maml/omniglot_5way_1shot.flags --fidelity_preset=ours --data_dir=$DATA --num_steps=$MAML_STEPS --eval_every=1000 --checkpoint_every=500 --val_tasks=200 --eval_tasks=200 --workdir=$MAML")
 RUNS=("--flagfile=$FLAGS/omniglot_background_source.flags --data_dir=$DATA --workdir=$BACKGROUND"
       "--flagfile=$FLAGS/omniglot_maml_train_source.flags --data_dir=$DATA --workdir=$MAML_TRAIN")
 TARGETS=()

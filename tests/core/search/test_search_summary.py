@@ -79,3 +79,14 @@ def test_best_so_far_counts_pruned_trials_and_the_comparison_plot_is_written(tmp
     assert plots.best_so_far(study) == [None, 0.3, 0.3, 0.5]
     path = plots.plot_comparison({"random": [study, study]}, str(tmp_path / "c.png"))
     assert os.path.getsize(path) > 1000
+
+
+def test_a_run_repeating_a_configuration_and_its_seeds_counts_once(tmp_path):
+    dirs = [_run(str(tmp_path), "trial", 0.5, 0.4, 0), _run(str(tmp_path), "rerun_0", 0.9, 0.9, 0),
+            _run(str(tmp_path), "rerun_1", 0.7, 0.5, 1),
+            _run(str(tmp_path), "other", 0.2, 0.1, 0, lr=0.012345678)]
+    rows = summary.summarize(summary.load_runs(dirs))
+    assert rows[0]["seeds"] == 2 and rows[0]["duplicates"] == 1
+    assert rows[0]["test"]["accuracy"][0] == 0.6
+    assert rows[1]["configuration"] == "learning_rate=0.01235"
+    assert "| 2 (+1 repeated) |" in summary.markdown(rows)
