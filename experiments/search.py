@@ -60,7 +60,7 @@ flags.DEFINE_integer("pruner_startup_trials", 5, "median: prune nothing before t
                      "trials finished.", lower_bound=0)
 flags.DEFINE_integer("tpe_startup_trials", 10, "tpe: trials drawn at random before TPE's "
                      "model takes over (Optuna's default).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "The search's seed (a trial's sampler: seed + trial number).")
+flags.DEFINE_integer("seed", 0, "The search's seed (a trial's sampler is seeded from seed and trial number).")
 flags.DEFINE_float("poll_seconds", 0.5, "How often a running trial's metrics are read.")
 flags.DEFINE_list("best_seeds", [], "After the search, rerun the best trial once per seed.")
 flags.DEFINE_list("seed_flags", ["seed"], "The flags --best_seeds sets to each seed.")

@@ -71,7 +71,18 @@ def strategy_label(config: Mapping[str, Any]) -> str:
         return f"distill T={float(config['distill_temperature']):g}"
     if _adapts_domain(config) and config.get("da_selection"):
         return f"{strategy} ({config['da_selection']})"
+    if _meta_learned_source(config):
+        return f"{strategy} (MAML source)"
     return strategy
+
+
+def _meta_learned_source(config: Mapping[str, Any]) -> bool:
+    """Whether the run's source is a meta-learning run (its config has an inner loop)."""
+    source = config.get("source_workdir")
+    if not source:
+        return False
+    stored = run_dir.read_run_config(source)
+    return bool(stored) and "inner_lr" in stored
 
 
 def read_run(workdir: str) -> Run:

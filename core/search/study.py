@@ -7,8 +7,11 @@ or, as `journal:<path>`, a journal file (Optuna's `JournalStorage` with a
 system. Several worker processes on one storage are Optuna's own distributed
 mode: each asks the storage for its next trial.
 
-Seeding: the random and TPE sampler of a trial is seeded with `seed + trial
-number` (a trial's number is its place in the storage), so one worker with a
+Seeding: the random and TPE sampler of a trial is seeded from the pair (seed,
+trial number) through numpy's `SeedSequence` (`trial_seed`; a trial's number is
+its place in the storage). Not `seed + number`: then the search with seed 1
+would replay the seed-0 search shifted by one trial, and repeated searches
+would not be independent. So one worker with a
 fixed seed suggests the same sequence every time, a resumed search goes on
 with new suggestions instead of replaying the first ones, and two workers
 asking at once draw from different streams. The grid sampler skips the points
@@ -25,6 +28,7 @@ import os
 import re
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import optuna
 from optuna.samplers import BaseSampler
 
@@ -79,8 +83,13 @@ def _password(url: str) -> str:
     return match.group(1) if match else ""
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial `number` of the search seeded `seed` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
 class TrialSeededSampler(BaseSampler):
-    """Delegates each trial to a sampler seeded with `seed + trial number`.
+    """Delegates each trial to a sampler seeded with `trial_seed(seed, trial number)`.
 
     Args:
       factory: seed -> a fresh sampler.
@@ -95,7 +104,8 @@ class TrialSeededSampler(BaseSampler):
 
     def _for(self, trial) -> BaseSampler:
         if trial.number != self._number:
-            self._number, self._inner = trial.number, self._factory(self._seed + trial.number)
+            self._number, self._inner = trial.number, self._factory(
+                trial_seed(self._seed, trial.number))
         return self._inner
 
     def before_trial(self, study, trial) -> None:

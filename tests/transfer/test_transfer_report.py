@@ -89,3 +89,17 @@ def test_distillation_and_domain_adaptation_rows_are_labelled_by_their_options(t
                  da_selection="oracle", classes=[]) for seed in range(2)]
     table = report.summarize(report.read_run(d) for d in da)
     assert list(table["mnist → inverted"]["all"]["strategies"]) == ["dann (oracle)"]
+
+
+def test_a_run_fine_tuned_from_a_maml_run_is_its_own_row(tmp_path):
+    from transfer import report as report_lib  # pylint: disable=g-import-not-at-top
+    maml, plain = tmp_path / "maml", tmp_path / "plain"
+    for path, config in ((maml, {"inner_lr": 0.4, "dataset": "omniglot"}),
+                         (plain, {"strategy": "scratch", "dataset": "omniglot_maml_train"})):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+    assert report_lib.strategy_label({"strategy": "finetune",
+                                      "source_workdir": str(maml)}) == "finetune (MAML source)"
+    assert report_lib.strategy_label({"strategy": "finetune",
+                                      "source_workdir": str(plain)}) == "finetune"
+    assert report_lib.strategy_label({"strategy": "scratch"}) == "scratch"

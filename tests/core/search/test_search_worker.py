@@ -149,3 +149,12 @@ def test_tpe_starts_modelling_after_the_given_number_of_trials():
     # pylint: disable=protected-access
     assert sampler._factory(7)._n_startup_trials == 3
     assert study_lib.make_sampler("tpe", 0)._factory(7)._n_startup_trials == 10
+
+
+def test_searches_with_adjacent_seeds_draw_independent_trials():
+    def draws(seed):
+        study = optuna.create_study(sampler=study_lib.make_sampler("random", seed))
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(6)]
+    # With `seed + trial number`, seed 1 would replay seed 0's trials 1-5 as its trials 0-4.
+    assert not set(draws(0)) & set(draws(1))
+    assert draws(0) == draws(0)
