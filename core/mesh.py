@@ -8,6 +8,7 @@ inserts the all-reduce of the gradients itself. (`jax.pmap` is in maintenance
 mode and not used.)
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -68,13 +69,91 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
 
 def put_batch(tree: Any, mesh: Mesh) -> Any:
-    """Places a host batch on the mesh, split along the leading axis.
+    """Places a host batch that is already whole on the mesh, split along the leading axis.
 
-    In a multi-host run every process passes the same full batch (samplers are
-    seeded identically) and keeps its own slice.
+    In a multi-host run every process passes the same full batch and keeps its
+    own slice; data pipelines use `put_rows`, which builds only that slice.
     """
     sharding = batch_sharded(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)
+
+
+RowBuilder = Callable[[int, int], Any]
+
+
+def put_rows(build_rows: RowBuilder, num_rows: int, mesh: Mesh) -> Any:
+    """Builds a batch of `num_rows` rows where it lives: each process only its own rows.
+
+    The batch's leading axis is split over the mesh. `build_rows(start, stop)`
+    returns rows `start .. stop - 1` of the global batch as a host pytree (every
+    leaf with leading axis `stop - start`), and must be a pure function of its
+    arguments, so that the rows do not depend on which process builds them. With
+    one process it is called once for every row. In a multi-process run each
+    process calls it only for the row blocks of its own devices, so no process
+    gathers or converts another's share, and the global array is assembled from
+    these process-local pieces.
+
+    Args:
+      build_rows: rows of the global batch, by half-open range.
+      num_rows: rows of the global batch, a multiple of the mesh size.
+      mesh: the device mesh.
+
+    Returns:
+      The pytree of global arrays, batch-sharded over the mesh.
+    """
+    sharding = batch_sharded(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(build_rows(0, num_rows), sharding)
+    return assemble_local_rows(build_rows, num_rows, sharding)
+
+
+def local_row_blocks(num_rows: int, sharding: NamedSharding) -> dict[Any, tuple[int, int]]:
+    """Each addressable device's rows of a batch-sharded array, as (start, stop)."""
+    blocks = {}
+    for device, index in sharding.addressable_devices_indices_map((num_rows,)).items():
+        rows = index[0]
+        blocks[device] = (rows.start or 0, num_rows if rows.stop is None else rows.stop)
+    return blocks
+
+
+def merge_blocks(blocks) -> list[tuple[int, int]]:
+    """Row ranges merged where they touch or overlap, in order: one build per run of rows."""
+    merged = []
+    for start, stop in sorted(set(blocks)):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def assemble_local_rows(build_rows: RowBuilder, num_rows: int, sharding: NamedSharding) -> Any:
+    """`put_rows`' multi-process path: this process's rows built, the global array assembled.
+
+    Works with any number of processes (with one, every device is addressable
+    and every row is built), which is how it is tested on one machine.
+    """
+    device_rows = local_row_blocks(num_rows, sharding)
+    runs = merge_blocks(device_rows.values())
+    built = [(start, stop, build_rows(start, stop)) for start, stop in runs]
+
+    def piece(device):
+        start, stop = device_rows[device]
+        for run_start, run_stop, tree in built:
+            if run_start <= start and stop <= run_stop:
+                return jax.tree.map(lambda x: x[start - run_start:stop - run_start], tree)
+        raise AssertionError(f"rows {start}..{stop} of {device} were not built")
+
+    pieces = {device: piece(device) for device in device_rows}
+    first = next(iter(pieces.values()))
+    leaves_per_device = {device: jax.tree.leaves(tree) for device, tree in pieces.items()}
+    treedef = jax.tree.structure(first)
+    arrays = []
+    for i, leaf in enumerate(jax.tree.leaves(first)):
+        shape = (num_rows,) + np.shape(leaf)[1:]
+        shards = [jax.device_put(leaves_per_device[device][i], device) for device in pieces]
+        arrays.append(jax.make_array_from_single_device_arrays(shape, sharding, shards))
+    return jax.tree.unflatten(treedef, arrays)

@@ -286,9 +286,14 @@ def image_episodes(config: MamlRunConfig, mesh) -> Episodes:
     for split, seed in seeds.items():
         spec = EpisodeSpec(ways=config.ways, shots=config.shots, query=_query(config, split))
         sampler = EpisodeSampler(splits[split], spec, seed=seed, group_size=group_size)
-        fns[split] = (lambda i, s=sampler: mesh_lib.put_batch(s.batch(i, config.meta_batch_size),
-                                                              mesh))
+        fns[split] = functools.partial(_meta_batch, sampler, config.meta_batch_size, mesh)
     return Episodes(train=fns.pop("train"), sample_in_step=None, eval=fns)
+
+
+def _meta_batch(sampler, batch_size: int, mesh, index: int):
+    """Meta-batch `index` on the mesh, each process sampling only its own tasks."""
+    return mesh_lib.put_rows(functools.partial(sampler.batch_rows, index, batch_size),
+                             batch_size, mesh)
 
 
 def build(config: MamlRunConfig, mesh) -> experiment.Program:

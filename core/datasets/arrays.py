@@ -19,6 +19,7 @@ with zero rows and a float32 `"mask"` (1 real, 0 padding) lets
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 import types
 
@@ -160,7 +161,8 @@ class _TrainBatches:
         epoch, position = divmod(int(step), self.steps_per_epoch)
         start = position * self._batch_size
         indices = self._permutation(epoch)[start:start + self._batch_size]
-        return mesh_lib.put_batch(host_batch(self._data, indices), self._mesh)
+        return mesh_lib.put_rows(lambda a, b: host_batch(self._data, indices[a:b]),
+                                 self._batch_size, self._mesh)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         cached_epoch, order = self._cached
@@ -197,8 +199,8 @@ class EvalBatches:
 
     def __iter__(self) -> Iterator[dict]:
         for x, y, mask in self._batches:
-            batch = {"x": _as_model_input(x), "y": dict(y), "mask": mask}
-            yield mesh_lib.put_batch(batch, self._mesh)
+            yield mesh_lib.put_rows(functools.partial(_eval_rows, x, y, mask), self.batch_size,
+                                    self._mesh)
 
 
 def eval_batches(data: Arrays, batch_size: int, mesh: Mesh,
@@ -239,6 +241,14 @@ def _pad_rows(rows: np.ndarray, batch_size: int) -> np.ndarray:
     padded = np.zeros((batch_size,) + rows.shape[1:], rows.dtype)
     padded[:rows.shape[0]] = rows
     return padded
+
+
+def _eval_rows(x: np.ndarray, y: Mapping[str, np.ndarray], mask: np.ndarray, start: int,
+               stop: int) -> dict:
+    """Rows start .. stop - 1 of one evaluation batch, inputs converted for the model."""
+    return {"x": _as_model_input(x[start:stop]),
+            "y": {task: values[start:stop] for task, values in y.items()},
+            "mask": mask[start:stop]}
 
 
 def host_batch(data: Arrays, indices: np.ndarray) -> dict:

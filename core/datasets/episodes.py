@@ -170,6 +170,22 @@ class EpisodeSampler:
         return self._episodes(self._check_index(index) * batch_size,
                               batch_size)
 
+    def batch_rows(self, index: int, batch_size: int, start: int, stop: int) -> Episode:
+        """Tasks `start .. stop - 1` of meta-batch `index`, the same as `batch(...)[start:stop]`.
+
+        A process of a multi-host run builds only its own tasks of a meta-batch
+        with this (`core.mesh.put_rows`); each task has its own seed, so the
+        tasks do not depend on who builds them.
+        """
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ConfigError(
+                f'batch_size must be a positive integer; got {batch_size!r}.')
+        if not (_is_int(start) and _is_int(stop) and 0 <= start < stop <= batch_size):
+            raise ConfigError(
+                f'Task rows {start!r}..{stop!r} are not a non-empty range within a '
+                f'meta-batch of {batch_size}.')
+        return self._episodes(self._check_index(index) * batch_size + start, stop - start)
+
     def _check_index(self, index: int) -> int:
         if not _is_int(index) or index < 0:
             raise ConfigError(

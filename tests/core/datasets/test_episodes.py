@@ -97,6 +97,21 @@ def test_batch_task_j_is_episode_i_times_b_plus_j():
                                   batch.query_x[:2])
 
 
+@pytest.mark.parametrize('start, stop', [(0, 2), (2, 4), (1, 3), (0, 4)])
+def test_batch_rows_are_that_slice_of_the_batch(start, stop):
+    sampler = EpisodeSampler(_labelled_images(), SPEC, seed=5)
+    rows = sampler.batch_rows(3, 4, start, stop)
+    for part, whole in zip(rows, sampler.batch(3, 4)):
+        np.testing.assert_array_equal(part, whole[start:stop])
+
+
+@pytest.mark.parametrize('start, stop', [(2, 2), (3, 5), (-1, 1)])
+def test_batch_rows_outside_the_meta_batch_are_refused(start, stop):
+    sampler = EpisodeSampler(_labelled_images(), SPEC, seed=5)
+    with pytest.raises(ConfigError, match='not a non-empty range within a meta-batch of 4'):
+        sampler.batch_rows(0, 4, start, stop)
+
+
 def test_fixed_episodes_are_the_first_episodes():
     sampler = EpisodeSampler(_labelled_images(), SPEC, seed=0)
     episodes = list(fixed_episodes(sampler, 3))
