@@ -74,11 +74,9 @@ def put_batch(tree: Any, mesh: Mesh) -> Any:
     In a multi-host run every process passes the same full batch and keeps its
     own slice; data pipelines use `put_rows`, which builds only that slice.
     """
-    sharding = batch_sharded(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), tree)
+    num_rows = len(jax.tree.leaves(tree)[0])
+    return put_rows(lambda start, stop: jax.tree.map(lambda x: x[start:stop], tree), num_rows,
+                    mesh)
 
 
 RowBuilder = Callable[[int, int], Any]

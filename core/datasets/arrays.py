@@ -161,8 +161,7 @@ class _TrainBatches:
         epoch, position = divmod(int(step), self.steps_per_epoch)
         start = position * self._batch_size
         indices = self._permutation(epoch)[start:start + self._batch_size]
-        return mesh_lib.put_rows(lambda a, b: host_batch(self._data, indices[a:b]),
-                                 self._batch_size, self._mesh)
+        return put_examples(self._data, indices, self._mesh)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         cached_epoch, order = self._cached
@@ -249,6 +248,12 @@ def _eval_rows(x: np.ndarray, y: Mapping[str, np.ndarray], mask: np.ndarray, sta
     return {"x": _as_model_input(x[start:stop]),
             "y": {task: values[start:stop] for task, values in y.items()},
             "mask": mask[start:stop]}
+
+
+def put_examples(data: Arrays, indices: np.ndarray, mesh: Mesh) -> dict:
+    """The examples at `indices` as a batch on the mesh, each process converting only its rows."""
+    return mesh_lib.put_rows(lambda start, stop: host_batch(data, indices[start:stop]),
+                             len(indices), mesh)
 
 
 def host_batch(data: Arrays, indices: np.ndarray) -> dict:

@@ -164,11 +164,7 @@ class EpisodeSampler:
         Returns:
             `batch_size` tasks stacked on a leading axis.
         """
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ConfigError(
-                f'batch_size must be a positive integer; got {batch_size!r}.')
-        return self._episodes(self._check_index(index) * batch_size,
-                              batch_size)
+        return self.batch_rows(index, batch_size, 0, batch_size)
 
     def batch_rows(self, index: int, batch_size: int, start: int, stop: int) -> Episode:
         """Tasks `start .. stop - 1` of meta-batch `index`, the same as `batch(...)[start:stop]`.

@@ -94,8 +94,7 @@ class _GroupedBatches:
             raise ConfigError(f"Training step must be a non-negative integer; got {step!r}.")
         indices = np.concatenate([self._of_group(g, int(step))
                                   for g in range(len(self._members))])
-        return mesh_lib.put_rows(lambda a, b: arrays.host_batch(self._data, indices[a:b]),
-                                 self.batch_size, self._mesh)
+        return arrays.put_examples(self._data, indices, self._mesh)
 
     def _of_group(self, group: int, step: int) -> np.ndarray:
         """The data indices of group `group`'s `per_group` examples at `step`."""
