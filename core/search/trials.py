@@ -147,7 +147,9 @@ class Watcher:
         new = False
         for record in records:
             step, value = int(record["step"]), record.get(self._metric)
-            if value is None or step in self._reported:
+            # Step 0 is the untrained model: its value says nothing about the trial's
+            # hyper-parameters, and the median pruner would prune on it.
+            if value is None or step == 0 or step in self._reported:
                 continue
             self._trial.report(float(value), step)
             self._reported.add(step)

@@ -158,3 +158,28 @@ def test_searches_with_adjacent_seeds_draw_independent_trials():
     # With `seed + trial number`, seed 1 would replay seed 0's trials 1-5 as its trials 0-4.
     assert not set(draws(0)) & set(draws(1))
     assert draws(0) == draws(0)
+
+
+class _RecordingTrial:
+    def __init__(self):
+        self.reports = []
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return True
+
+
+def test_the_untrained_step_0_validation_is_not_reported_to_the_pruner(tmp_path):
+    lines = [{"step": 0, "split": "val", "loss": 9.0}, {"step": 5, "split": "train", "loss": 1.0},
+             {"step": 10, "split": "val", "loss": 2.0}]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines[:1]))
+    trial = _RecordingTrial()
+    watcher = trials_lib.Watcher(trial, str(tmp_path), "loss")
+    assert not watcher.poll() and trial.reports == []
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(line) + "\n" for line in lines[1:]))
+    assert watcher.poll()
+    assert trial.reports == [(10, 2.0)] and watcher.last_step == 10
