@@ -96,8 +96,18 @@ class Outcome:
     last_step: int | None = None
 
 
-def _die_with_parent() -> None:
-    """In the child: be killed when the worker dies (Linux), so no run outlives its worker."""
+def prepare_child() -> None:
+    """In the child, before exec: Ctrl-C works and the child dies with its worker.
+
+    A search started in the background by a non-interactive shell (`cmd &`, nohup, a batch
+    script) inherits SIGINT ignored, and an ignored signal stays ignored across exec: the run
+    would then not stop when a pruned trial is interrupted. So SIGINT is reset to its default
+    (Python installs its KeyboardInterrupt handler on it again). On Linux the child is also
+    killed when the worker dies, so no run outlives its worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform != "linux":
+        return
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -205,8 +215,7 @@ def run(command: Sequence[str], workdir: str, flags_path: str, trial, metric: st
         log.flush()
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
-                                   preexec_fn=_die_with_parent if sys.platform == "linux"
-                                   else None)
+                                   preexec_fn=prepare_child)
         try:
             while process.poll() is None:
                 if watcher.poll():
