@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Sequence, TextIO
 
+from core import child_process
 from core.errors import ConfigError
 
 
@@ -75,7 +76,8 @@ def run(command: Sequence[str], num_processes: int, cpu_devices: int | None = No
     children, relays = [], []
     for index, argv in enumerate(commands):
         child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, text=True)
+                                 stdin=subprocess.DEVNULL, text=True,
+                                 preexec_fn=child_process.prepare_child)
         relay = threading.Thread(target=_relay, args=(index, child.stdout, out), daemon=True)
         relay.start()
         children.append(child)

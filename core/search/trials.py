@@ -22,17 +22,16 @@ works on the trial any more. A RUNNING trial with a free lock was left by a
 killed worker (see `worker.recover_stale`).
 """
 
-import ctypes
 import dataclasses
 import fcntl
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any, Sequence
 
+from core import child_process
 from core import metrics as metrics_lib
 from core import run_dir as run_dir_lib
 from core.errors import ConfigError
@@ -41,7 +40,6 @@ TRIALS_DIR = "trials"
 FLAGS_FILE = "flags"
 LOG_FILE = "trial.log"
 LOCK_FILE = ".trial.lock"
-_PR_SET_PDEATHSIG = 1
 
 
 def trial_dir(study_dir: str, relative: str) -> str:
@@ -94,24 +92,6 @@ class Outcome:
     value: float | None = None
     message: str = ""
     last_step: int | None = None
-
-
-def prepare_child() -> None:
-    """In the child, before exec: Ctrl-C works and the child dies with its worker.
-
-    A search started in the background by a non-interactive shell (`cmd &`, nohup, a batch
-    script) inherits SIGINT ignored, and an ignored signal stays ignored across exec: the run
-    would then not stop when a pruned trial is interrupted. So SIGINT is reset to its default
-    (Python installs its KeyboardInterrupt handler on it again). On Linux the child is also
-    killed when the worker dies, so no run outlives its worker.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _log_tail(path: str, lines: int = 3) -> str:
@@ -215,7 +195,7 @@ def run(command: Sequence[str], workdir: str, flags_path: str, trial, metric: st
         log.flush()
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
-                                   preexec_fn=prepare_child)
+                                   preexec_fn=child_process.prepare_child)
         try:
             while process.poll() is None:
                 if watcher.poll():
