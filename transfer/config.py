@@ -22,6 +22,7 @@ from core import conv
 from core import experiment
 from core import run_dir
 from core import supervised
+from core.datasets import omniglot
 from core.errors import ConfigError
 from core.experiment import option, override
 from transfer import augment as augment_lib
@@ -79,6 +80,14 @@ class TransferRunConfig(supervised.SupervisedConfig):
     conv_impl: str = option("auto", "Convolutions of the LeNet and Conv4 trunks: xla, im2col, "
                                     "or auto (im2col on CPU, xla elsewhere).",
                             choices=("auto",) + conv.CONV_IMPLS)
+    bn_scale: bool = option(True, "--network=conv4: its batch norms have a learnable scale "
+                                  "(--nobn_scale: none, as a MAML run of the reference preset).")
+    bn_epsilon: float = option(1e-5, "--network=conv4: its batch norms' epsilon (1e-3: the "
+                                     "reference MAML code's).")
+    omniglot_resize: str = option("lanczos", "Omniglot: how drawings are resized to 28x28: "
+                                             "grey-level Lanczos, or nearest_binary (binary, "
+                                             "as the reference MAML code).",
+                                  choices=omniglot.RESIZE_METHODS)
     strategy: str = option("finetune", "scratch: fresh init; structure: the source's "
                                        "architecture, fresh init; feature_extraction: frozen "
                                        "trunk, head only; finetune: everything, per-block "
@@ -172,14 +181,26 @@ class TransferRunConfig(supervised.SupervisedConfig):
         return omniglot_data.OmniglotOptions(
             cache_dir=self.resolved_cache_dir, val_per_class=self.val_per_class,
             test_per_class=self.test_per_class, num_classes=self.num_classes_target,
-            maml_split=tuple(self.omniglot_split))
+            maml_split=tuple(self.omniglot_split), resize=self.omniglot_resize)
+
+    def source_network(self) -> dict[str, object]:
+        """What `transfer.omniglot_data.check_source_network` compares with the source's."""
+        return {"bn_scale": self.bn_scale, "bn_epsilon": self.bn_epsilon,
+                "omniglot_resize": self.omniglot_resize}
 
     def _check_omniglot(self) -> None:
         """The Omniglot flags only with an Omniglot dataset, the IDX ones only without."""
         defaults = experiment.field_options(type(self))
         changed = lambda name: getattr(self, name) != defaults[name]["default"]
         omniglot_only = ("cache_dir", "val_per_class", "test_per_class", "num_classes_target",
-                         "omniglot_split")
+                         "omniglot_split", "omniglot_resize")
+        if self.network != "conv4":
+            for name in ("bn_scale", "bn_epsilon"):
+                if changed(name):
+                    raise ConfigError(f"--{name} is the batch norm of --network=conv4; "
+                                      f"--network={self.network} has none")
+        if self.bn_epsilon <= 0:
+            raise ConfigError(f"--bn_epsilon must be > 0, got {self.bn_epsilon}")
         if not self.is_omniglot:
             for name in omniglot_only:
                 if changed(name):

@@ -7,7 +7,11 @@ pooling, transductive batch norm, features averaged over space): blocks
 parameters 'trunk/block<i>/conv/{kernel,bias}' and
 'trunk/block<i>/bn/{scale,bias}'. A MAML Omniglot run directory therefore
 loads into it strictly by path (only its 'head' is dropped), and so does a
-transfer run with `--network=conv4`. On 28x28 inputs the blocks' outputs are
+transfer run with `--network=conv4`. The batch norm's two reference-code
+details are attributes here too (`bn_scale`, `bn_epsilon`, as
+`meta.fidelity`'s switches of the same names): a MAML run of the `reference`
+preset has no 'scale' and ε = 1e-3, and loads into `Conv4Blocks(bn_scale=False,
+bn_epsilon=1e-3)`. On 28x28 inputs the blocks' outputs are
 14x14, 7x7, 4x4 and 2x2 maps of 64 channels; a cut after `num_blocks`
 blocks averages the last kept map over space, as MAML's head input is, so
 the head always sees 64 features.
@@ -53,14 +57,15 @@ class MaskedBatchNorm(nn.Module):
 
     Attributes:
       epsilon: added to the variance.
+      use_scale: a learnable scale 'scale'; False: the shift 'bias' only.
     """
 
     epsilon: float = EPSILON
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
         features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
         axes = tuple(range(x.ndim - 1))
         w = weights.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
@@ -68,7 +73,9 @@ class MaskedBatchNorm(nn.Module):
         mean = jnp.sum(x * w, axes) / count
         # One pass, E[x^2] - E[x]^2 clipped at 0, as core.trunks.BatchNorm(fast_variance=True).
         var = jnp.maximum(jnp.sum(jnp.square(x) * w, axes) / count - jnp.square(mean), 0.0)
-        a = scale * jax.lax.rsqrt(var + self.epsilon)
+        a = jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            a = a * self.param("scale", nn.initializers.ones, (features,))
         return x * a + (bias - mean * a)
 
 
@@ -78,15 +85,20 @@ class Conv4Block(nn.Module):
     Attributes:
       features: output channels.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
+      bn_scale: the batch norm has a learnable scale.
+      bn_epsilon: the batch norm's ε.
     """
 
     features: int = FILTERS
     conv_impl: str = "xla"
+    bn_scale: bool = True
+    bn_epsilon: float = EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
         x = Conv2D(self.features, (3, 3), (2, 2), impl=self.conv_impl, name="conv")(x)
-        return nn.relu(MaskedBatchNorm(name="bn")(x, weights))
+        bn = MaskedBatchNorm(epsilon=self.bn_epsilon, use_scale=self.bn_scale, name="bn")
+        return nn.relu(bn(x, weights))
 
 
 class Conv4Blocks(nn.Module):
@@ -96,11 +108,15 @@ class Conv4Blocks(nn.Module):
       num_blocks: blocks kept, 1 to 4.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
       dropout_rate: dropout after each block (`core.trunks`' rule).
+      bn_scale: the batch norms have a learnable scale.
+      bn_epsilon: the batch norms' ε.
     """
 
     num_blocks: int = NUM_BLOCKS
     conv_impl: str = "xla"
     dropout_rate: float = 0.0
+    bn_scale: bool = True
+    bn_epsilon: float = EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -108,7 +124,9 @@ class Conv4Blocks(nn.Module):
             raise ValueError(f"Conv4Blocks keeps 1 to {NUM_BLOCKS} blocks, got {self.num_blocks}")
         weights = real_rows(x)
         for i in range(self.num_blocks):
-            x = Conv4Block(FILTERS, conv_impl=self.conv_impl, name=f"block{i}")(x, weights)
+            block = Conv4Block(FILTERS, conv_impl=self.conv_impl, bn_scale=self.bn_scale,
+                               bn_epsilon=self.bn_epsilon, name=f"block{i}")
+            x = block(x, weights)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return jnp.mean(x, axis=(1, 2))

@@ -128,8 +128,12 @@ def block_names(network: str, mlp_hidden: Sequence[int] = ()) -> tuple[str, ...]
 
 def make_classifier(network: str, num_classes: int, num_blocks: int, *,
                     mlp_hidden: Sequence[int] = (256, 128), conv_impl: str = "xla",
-                    dropout_rate: float = 0.0) -> Classifier:
+                    dropout_rate: float = 0.0, bn_scale: bool = True,
+                    bn_epsilon: float = conv4.EPSILON) -> Classifier:
     """The classifier of `--network` with its lowest `num_blocks` trunk blocks.
+
+    `bn_scale` and `bn_epsilon` are the Conv4's batch norm (`transfer.conv4`);
+    the other networks have none.
 
     Raises:
       ValueError: for an unknown network or a number of blocks it does not have
@@ -143,7 +147,8 @@ def make_classifier(network: str, num_classes: int, num_blocks: int, *,
                             dropout_rate=dropout_rate)
     elif network == "conv4":
         trunk = conv4.Conv4Blocks(num_blocks=num_blocks, conv_impl=conv_impl,
-                                  dropout_rate=dropout_rate)
+                                  dropout_rate=dropout_rate, bn_scale=bn_scale,
+                                  bn_epsilon=bn_epsilon)
     else:
         trunk = MLPBlocks(hidden=tuple(mlp_hidden), num_blocks=num_blocks,
                           dropout_rate=dropout_rate)

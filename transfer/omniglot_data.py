@@ -20,6 +20,12 @@ pretrained source and the meta-learned one see the same images;
 source has seen in any rotation (the MAML split, `--omniglot_split`, must
 be the MAML run's).
 
+The images are resized as `--omniglot_resize` says (`core.datasets.omniglot`:
+grey-level Lanczos, or binary nearest-neighbour as the reference MAML code);
+a source run's resize and Conv4 batch norm must be this run's
+(`check_source_network`), so a MAML run of the `reference` preset is
+fine-tuned on the images and the network it was trained with.
+
 `--num_classes_target=N` keeps a seeded subset of N characters
 (`default_rng([data_seed, 3])`; e.g. 20 of the 423 for a 20-way target; 0
 keeps all), so each data seed is another N-way task. Each class's 20
@@ -65,6 +71,7 @@ class OmniglotOptions:
       test_per_class: test drawings per class (at least 1).
       num_classes: characters kept by a seeded subset (0: all).
       maml_split: the MAML split's (train, val) character counts.
+      resize: how drawings are resized (`core.datasets.omniglot.RESIZE_METHODS`).
     """
 
     cache_dir: str
@@ -72,6 +79,7 @@ class OmniglotOptions:
     test_per_class: int = 5
     num_classes: int = 0
     maml_split: tuple[int, int] = omniglot.MAML_SPLIT_SIZES
+    resize: str = "lanczos"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -183,7 +191,8 @@ def load_splits(dataset: str, data_dir: str | None, options: OmniglotOptions,
     if not data_dir:
         raise ConfigError(f"--dataset={dataset} needs --data_dir=<the folder holding "
                           f"images_background.zip and images_evaluation.zip>")
-    characters = omniglot.load_omniglot_characters(data_dir, options.cache_dir, IMAGE_SIZE)
+    characters = omniglot.load_omniglot_characters(data_dir, options.cache_dir, IMAGE_SIZE,
+                                                  resize=options.resize)
     drawers = characters.images.shape[1]
     check_counts(drawers, train_per_class, options.val_per_class, options.test_per_class)
     kept = choose_characters(dataset_characters(dataset, characters, options.maml_split),
@@ -226,3 +235,48 @@ def check_source_split(source_workdir: str, maml_split: tuple[int, int]) -> None
                           f"--omniglot_split={','.join(map(str, theirs))} but this run uses "
                           f"{','.join(map(str, maml_split))}: its test characters would not be "
                           f"unseen; pass the source's --omniglot_split")
+
+
+# What a run recorded none of used these (the library's choices before they were switches).
+_NETWORK_DEFAULTS = {"bn_scale": True, "bn_epsilon": 1e-5, "omniglot_resize": "lanczos"}
+
+
+def check_source_network(source_workdir: str, settings: dict[str, object]) -> None:
+    """Refuses a source run whose Conv4 batch norm or image resize is not this run's.
+
+    The weights of a Conv4 source are only the source's network on the
+    source's images: without a scale they do not load into a net with one,
+    and with another ε or resize they compute other features. The source is a
+    MAML Omniglot run (its resolved switches are in config.json's `fidelity`)
+    or a transfer run on an Omniglot dataset (top-level keys of the same
+    names); a source that records none of them (an .npz, another dataset, a
+    run older than the switches) used `_NETWORK_DEFAULTS`. Only the three
+    keys of `_NETWORK_DEFAULTS` are compared.
+
+    Args:
+      source_workdir: the source run's directory.
+      settings: this run's value of each key of `_NETWORK_DEFAULTS`.
+
+    Raises:
+      ConfigError: naming each differing setting and the flags that match the source.
+    """
+    stored = run_dir.read_run_config(source_workdir) or {}
+    if stored.get("dataset") not in ("omniglot",) + DATASETS:
+        return
+    recorded = stored.get("fidelity") or stored
+    theirs = {key: recorded.get(key) for key in _NETWORK_DEFAULTS}
+    theirs = {key: _NETWORK_DEFAULTS[key] if value is None else value
+              for key, value in theirs.items()}
+    differing = [key for key in _NETWORK_DEFAULTS if theirs[key] != settings[key]]
+    if differing:
+        flags = " ".join(_flag(key, theirs[key]) for key in differing)
+        mine = " ".join(_flag(key, settings[key]) for key in differing)
+        raise ConfigError(f"the source {source_workdir} was trained with {flags} but this run "
+                          f"has {mine}: its weights compute other features here; pass {flags}")
+
+
+def _flag(name: str, value: object) -> str:
+    """The command-line spelling of one setting."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    return f"--{name}={value}"

@@ -139,16 +139,19 @@ def _feature_source_params(config: TransferRunConfig, params):
 
 def prepare(config: TransferRunConfig, mesh) -> Target:
     """The target data, network, initial parameters and groups of a run."""
+    if config.dataset in omniglot_data.MAML_DATASETS and config.source_workdir:
+        omniglot_data.check_source_split(config.source_workdir, tuple(config.omniglot_split))
+    if config.is_omniglot and config.network == "conv4" and config.source_workdir:
+        omniglot_data.check_source_network(config.source_workdir, config.source_network())
     target = data_lib.load_target(config.dataset, config.data_dir, config.classes,
                                   config.train_per_class, config.val_size, config.data_seed,
                                   omniglot=config.omniglot_options())
-    if config.dataset in omniglot_data.MAML_DATASETS and config.source_workdir:
-        omniglot_data.check_source_split(config.source_workdir, tuple(config.omniglot_split))
     kept, dropped = _kept_blocks(config)
     conv_impl = conv.default_conv_impl() if config.conv_impl == "auto" else config.conv_impl
     model = networks.make_classifier(config.network, target.num_classes, len(kept),
                                      mlp_hidden=config.mlp_hidden, conv_impl=conv_impl,
-                                     dropout_rate=config.dropout)
+                                     dropout_rate=config.dropout, bn_scale=config.bn_scale,
+                                     bn_epsilon=config.bn_epsilon)
     example = jnp.zeros((1, *target.input_shape), jnp.float32)
     fresh = model.init(jax.random.PRNGKey(config.seed), example, train=False)["params"]
     source = strategies_lib.source_from(config.source_workdir, config.source_params,

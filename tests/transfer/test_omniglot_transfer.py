@@ -124,6 +124,10 @@ def test_a_missing_zip_names_the_file_and_where_to_get_it(tmp_path):
     (dict(classes=(1, 2)), "--num_classes_target instead of --classes"),
     (dict(val_size=100), "--val_per_class instead of --val_size"),
     (dict(strategy="dann", da_target="inverted"), "MNIST-family"),
+    (dict(dataset="mnist", omniglot_resize="nearest_binary"), "--omniglot_resize applies"),
+    (dict(network="lenet", bn_scale=False), "--bn_scale is the batch norm of --network=conv4"),
+    (dict(network="mlp", bn_epsilon=1e-3), "--bn_epsilon is the batch norm"),
+    (dict(bn_epsilon=0.0), "--bn_epsilon must be > 0"),
 ])
 def test_omniglot_flags_only_where_they_act(overrides, match):
     config = runner.TransferRunConfig(**dict(dict(dataset="omniglot_evaluation", network="conv4",
@@ -155,18 +159,54 @@ def test_conv4_cut_networks_build_and_match_maml_layout(blocks):
         assert np.allclose(reference, features, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def maml_run(tmp_path_factory, omni):
+def test_the_conv4_without_scale_is_the_maml_reference_trunk():
+    x = jnp.asarray(np.random.default_rng(0).random((6, 28, 28, 1)), jnp.float32)
+    model = networks.make_classifier("conv4", 7, 4, conv_impl="im2col", bn_scale=False,
+                                     bn_epsilon=1e-3)
+    params = model.init(jax.random.PRNGKey(0), x, train=False)["params"]
+    assert sorted(params["trunk"]["block0"]["bn"]) == ["bias"]
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a shift that is not zero
+    trunk = Conv4Trunk(filters=64, conv_impl="im2col", bn_scale=False, bn_epsilon=1e-3)
+    expected = trunk.apply({"params": params["trunk"]}, x, train=False)
+    features = model.apply({"params": params}, x, method=networks.Classifier.features)
+    assert np.allclose(expected, features, atol=1e-6)
+    other_epsilon = networks.make_classifier("conv4", 7, 4, conv_impl="im2col", bn_scale=False)
+    assert not np.allclose(other_epsilon.apply({"params": params}, x,
+                                               method=networks.Classifier.features), features,
+                           atol=1e-6)
+
+
+def test_the_resize_flag_reaches_the_target_images(tmp_path):
+    write_fake_omniglot(str(tmp_path / "data"), n_alphabets=1, chars_per_alphabet=1,
+                        image_size=105)  # resized to 28 px: Lanczos gives grey levels
+    omni_105 = (str(tmp_path / "data"), str(tmp_path / "cache"))
+    binary = _load(omni_105, "omniglot_evaluation", resize="nearest_binary").splits["train"].x
+    grey = _load(omni_105, "omniglot_evaluation").splits["train"].x
+    assert set(np.unique(binary).tolist()) == {0, 255} and len(np.unique(grey)) > 2
+
+
+def _maml_run(directory, omni, preset):
     """A 2-step MAML Omniglot run directory (3-way 1-shot, transductive batch norm)."""
     data_dir, cache_dir = omni
-    workdir = tmp_path_factory.mktemp("maml") / "run"
     config = maml_runner.MamlRunConfig(
-        workdir=str(workdir), dataset="omniglot", data_dir=data_dir, cache_dir=cache_dir,
+        workdir=str(directory), dataset="omniglot", data_dir=data_dir, cache_dir=cache_dir,
         omniglot_split=SPLIT, ways=3, shots=1, query=1, meta_batch_size=1, inner_lr=0.4,
         num_steps=2, eval_every=2, checkpoint_every=2, log_every=2, eval_tasks=1, val_tasks=1,
-        eval_inner_steps=1, num_devices=1, progress=False)
+        eval_inner_steps=1, num_devices=1, progress=False, fidelity_preset=preset)
     experiment.train_and_evaluate(config, maml_runner.build)
-    return str(workdir)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def maml_run(tmp_path_factory, omni):
+    """A MAML run of this library's choices (`--fidelity_preset=ours`)."""
+    return _maml_run(tmp_path_factory.mktemp("maml") / "run", omni, "ours")
+
+
+@pytest.fixture(scope="module")
+def reference_maml_run(tmp_path_factory, omni):
+    """A MAML run of the reference code's choices: no BN scale, epsilon 1e-3, binary images."""
+    return _maml_run(tmp_path_factory.mktemp("maml_reference") / "run", omni, "reference")
 
 
 def _target(omni, workdir, **overrides):
@@ -189,6 +229,36 @@ def test_a_maml_run_is_a_strict_conv4_source_end_to_end(omni, maml_run, tmp_path
     assert len(trunk) == 16 and all(params[p]["source"] == p for p in trunk)
     assert {params[p]["init"] for p in params if p.startswith("head/")} == {"fresh"}
     assert sorted(record["ignored_source"]) == ["head/bias", "head/kernel"]
+
+
+REFERENCE_NETWORK = dict(bn_scale=False, bn_epsilon=1e-3, omniglot_resize="nearest_binary")
+
+
+def test_a_reference_preset_maml_run_is_a_source_with_its_network(omni, reference_maml_run,
+                                                                  tmp_path):
+    results = train(_target(omni, tmp_path / "run", source_workdir=reference_maml_run,
+                            **REFERENCE_NETWORK))
+    assert 0 <= results["test"]["accuracy"] <= 1
+    record = json.loads((tmp_path / "run" / runner.RECORD_FILE).read_text())
+    trunk = [p for p in record["parameters"] if p.startswith("trunk/")]
+    assert len(trunk) == 12 and all(record["parameters"][p]["source"] == p for p in trunk)
+    assert not [p for p in trunk if p.endswith("/scale")]
+
+
+@pytest.mark.parametrize("source, overrides, match", [
+    ("reference", {}, "trained with --nobn_scale --bn_epsilon=0.001 "
+                      "--omniglot_resize=nearest_binary but this run has --bn_scale "
+                      "--bn_epsilon=1e-05 --omniglot_resize=lanczos"),
+    ("reference", dict(REFERENCE_NETWORK, omniglot_resize="lanczos"),
+     "trained with --omniglot_resize=nearest_binary but"),
+    ("ours", dict(bn_epsilon=1e-3), "trained with --bn_epsilon=1e-05 but"),
+])
+def test_a_source_of_another_network_or_resize_is_refused(omni, maml_run, reference_maml_run,
+                                                          tmp_path, source, overrides, match):
+    workdir = {"ours": maml_run, "reference": reference_maml_run}[source]
+    config = _target(omni, tmp_path / "run", source_workdir=workdir, **overrides)
+    with pytest.raises(ConfigError, match=match):
+        runner.prepare(config, None)
 
 
 def test_a_maml_source_with_another_split_is_refused(omni, maml_run, tmp_path):
