@@ -26,6 +26,7 @@ from core.datasets import omniglot
 from core.errors import ConfigError
 from core.experiment import option, override
 from transfer import augment as augment_lib
+from transfer import conv4
 from transfer import da_data
 from transfer import data as data_lib
 from transfer import networks
@@ -84,6 +85,10 @@ class TransferRunConfig(supervised.SupervisedConfig):
                                   "(--nobn_scale: none, as a MAML run of the reference preset).")
     bn_epsilon: float = option(1e-5, "--network=conv4: its batch norms' epsilon (1e-3: the "
                                      "reference MAML code's).")
+    cut_features: str = option("flatten", "--network=conv4 cut by --keep_blocks: the head reads "
+                                          "the last kept map flattened, or averaged over space "
+                                          "(mean; the whole Conv4 always averages, as MAML's "
+                                          "head input).", choices=conv4.CUT_FEATURES)
     omniglot_resize: str = option("lanczos", "Omniglot: how drawings are resized to 28x28: "
                                              "grey-level Lanczos, or nearest_binary (binary, "
                                              "as the reference MAML code).",
@@ -199,6 +204,8 @@ class TransferRunConfig(supervised.SupervisedConfig):
                 if changed(name):
                     raise ConfigError(f"--{name} is the batch norm of --network=conv4; "
                                       f"--network={self.network} has none")
+        if changed("cut_features") and not (self.network == "conv4" and self.keep_blocks):
+            raise ConfigError("--cut_features applies to --network=conv4 cut by --keep_blocks")
         if self.bn_epsilon <= 0:
             raise ConfigError(f"--bn_epsilon must be > 0, got {self.bn_epsilon}")
         if not self.is_omniglot:

@@ -12,9 +12,14 @@ details are attributes here too (`bn_scale`, `bn_epsilon`, as
 `meta.fidelity`'s switches of the same names): a MAML run of the `reference`
 preset has no 'scale' and ε = 1e-3, and loads into `Conv4Blocks(bn_scale=False,
 bn_epsilon=1e-3)`. On 28x28 inputs the blocks' outputs are
-14x14, 7x7, 4x4 and 2x2 maps of 64 channels; a cut after `num_blocks`
-blocks averages the last kept map over space, as MAML's head input is, so
-the head always sees 64 features.
+14x14, 7x7, 4x4 and 2x2 maps of 64 channels. The whole trunk averages its
+2x2 map over space, as MAML's head input is (64 features). A trunk cut after
+fewer blocks (`--keep_blocks`) flattens its last map by default
+(`CUT_FEATURES`; 4*4*64 = 1024 features after three blocks), as the LeNet
+cuts do: averaging a 4x4 map of units that each see only part of a drawing
+discards where its strokes are, and a linear head on those 64 averages
+stays near chance on a 659-way Omniglot target (docs/results.md);
+`cut_features='mean'` keeps that variant.
 
 Batch norm is transductive, as in the MAML runs these weights come from
 (`core.trunks.BN_MODES`): it normalises with the statistics of the current
@@ -40,6 +45,7 @@ from core.trunks import Conv2D
 FILTERS = 64
 NUM_BLOCKS = 4
 EPSILON = 1e-5
+CUT_FEATURES = ("flatten", "mean")
 
 
 def real_rows(x: jax.Array) -> jax.Array:
@@ -102,10 +108,12 @@ class Conv4Block(nn.Module):
 
 
 class Conv4Blocks(nn.Module):
-    """The lowest `num_blocks` of MAML's Omniglot Conv4 trunk; features [batch, 64].
+    """The lowest `num_blocks` of MAML's Omniglot Conv4 trunk; features [batch, features].
 
     Attributes:
       num_blocks: blocks kept, 1 to 4.
+      cut_features: with fewer than 4 blocks, the last map flattened or averaged
+        over space (`CUT_FEATURES`); the whole trunk always averages.
       conv_impl: convolution implementation (`core.conv.CONV_IMPLS`).
       dropout_rate: dropout after each block (`core.trunks`' rule).
       bn_scale: the batch norms have a learnable scale.
@@ -113,6 +121,7 @@ class Conv4Blocks(nn.Module):
     """
 
     num_blocks: int = NUM_BLOCKS
+    cut_features: str = "flatten"
     conv_impl: str = "xla"
     dropout_rate: float = 0.0
     bn_scale: bool = True
@@ -122,6 +131,8 @@ class Conv4Blocks(nn.Module):
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         if not 1 <= self.num_blocks <= NUM_BLOCKS:
             raise ValueError(f"Conv4Blocks keeps 1 to {NUM_BLOCKS} blocks, got {self.num_blocks}")
+        if self.cut_features not in CUT_FEATURES:
+            raise ValueError(f"cut_features is one of {CUT_FEATURES}, got {self.cut_features!r}")
         weights = real_rows(x)
         for i in range(self.num_blocks):
             block = Conv4Block(FILTERS, conv_impl=self.conv_impl, bn_scale=self.bn_scale,
@@ -129,4 +140,6 @@ class Conv4Blocks(nn.Module):
             x = block(x, weights)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.num_blocks < NUM_BLOCKS and self.cut_features == "flatten":
+            return x.reshape(x.shape[0], -1)
         return jnp.mean(x, axis=(1, 2))

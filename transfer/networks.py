@@ -129,11 +129,13 @@ def block_names(network: str, mlp_hidden: Sequence[int] = ()) -> tuple[str, ...]
 def make_classifier(network: str, num_classes: int, num_blocks: int, *,
                     mlp_hidden: Sequence[int] = (256, 128), conv_impl: str = "xla",
                     dropout_rate: float = 0.0, bn_scale: bool = True,
-                    bn_epsilon: float = conv4.EPSILON) -> Classifier:
+                    bn_epsilon: float = conv4.EPSILON,
+                    cut_features: str = "flatten") -> Classifier:
     """The classifier of `--network` with its lowest `num_blocks` trunk blocks.
 
-    `bn_scale` and `bn_epsilon` are the Conv4's batch norm (`transfer.conv4`);
-    the other networks have none.
+    `bn_scale`, `bn_epsilon` and `cut_features` are the Conv4's
+    (`transfer.conv4`): its batch norm, which the other networks lack, and the
+    features of a cut Conv4 (the other networks' cuts flatten).
 
     Raises:
       ValueError: for an unknown network or a number of blocks it does not have
@@ -148,7 +150,7 @@ def make_classifier(network: str, num_classes: int, num_blocks: int, *,
     elif network == "conv4":
         trunk = conv4.Conv4Blocks(num_blocks=num_blocks, conv_impl=conv_impl,
                                   dropout_rate=dropout_rate, bn_scale=bn_scale,
-                                  bn_epsilon=bn_epsilon)
+                                  bn_epsilon=bn_epsilon, cut_features=cut_features)
     else:
         trunk = MLPBlocks(hidden=tuple(mlp_hidden), num_blocks=num_blocks,
                           dropout_rate=dropout_rate)

@@ -151,7 +151,8 @@ def prepare(config: TransferRunConfig, mesh) -> Target:
     model = networks.make_classifier(config.network, target.num_classes, len(kept),
                                      mlp_hidden=config.mlp_hidden, conv_impl=conv_impl,
                                      dropout_rate=config.dropout, bn_scale=config.bn_scale,
-                                     bn_epsilon=config.bn_epsilon)
+                                     bn_epsilon=config.bn_epsilon,
+                                     cut_features=config.cut_features)
     example = jnp.zeros((1, *target.input_shape), jnp.float32)
     fresh = model.init(jax.random.PRNGKey(config.seed), example, train=False)["params"]
     source = strategies_lib.source_from(config.source_workdir, config.source_params,

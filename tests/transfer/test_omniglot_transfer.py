@@ -128,6 +128,9 @@ def test_a_missing_zip_names_the_file_and_where_to_get_it(tmp_path):
     (dict(network="lenet", bn_scale=False), "--bn_scale is the batch norm of --network=conv4"),
     (dict(network="mlp", bn_epsilon=1e-3), "--bn_epsilon is the batch norm"),
     (dict(bn_epsilon=0.0), "--bn_epsilon must be > 0"),
+    (dict(cut_features="mean"), "--cut_features applies to --network=conv4 cut by"),
+    (dict(network="lenet", strategy="keep_blocks", keep_blocks=2, cut_features="mean",
+          source_workdir="/s"), "--cut_features applies"),
 ])
 def test_omniglot_flags_only_where_they_act(overrides, match):
     config = runner.TransferRunConfig(**dict(dict(dataset="omniglot_evaluation", network="conv4",
@@ -144,7 +147,17 @@ def test_conv4_cut_networks_build_and_match_maml_layout(blocks):
     params = model.init(jax.random.PRNGKey(0), x, train=False)["params"]
     assert sorted(params["trunk"]) == [f"block{i}" for i in range(blocks)]
     assert model.apply({"params": params}, x).shape == (6, 7)
-    assert params["head"]["kernel"].shape == (64, 7)
+    features = {1: 14 * 14 * 64, 2: 7 * 7 * 64, 3: 4 * 4 * 64, 4: 64}[blocks]  # flattened cuts
+    assert params["head"]["kernel"].shape == (features, 7)
+    if blocks < 4:
+        averaged = networks.make_classifier("conv4", 7, blocks, conv_impl="im2col",
+                                            cut_features="mean")
+        mean_params = averaged.init(jax.random.PRNGKey(0), x, train=False)["params"]
+        assert mean_params["head"]["kernel"].shape == (64, 7)
+        maps = model.apply({"params": params}, x, method=networks.Classifier.features)
+        assert np.allclose(averaged.apply({"params": dict(params, head=mean_params["head"])}, x,
+                                          method=networks.Classifier.features),
+                           maps.reshape(6, -1, 64).mean(axis=1), atol=1e-6)
     padded = jnp.concatenate([x, jnp.zeros((3, 28, 28, 1))])
     features = model.apply({"params": params}, x, method=networks.Classifier.features)
     assert np.allclose(model.apply({"params": params}, padded,
