@@ -49,8 +49,12 @@ from core.train_state import Params, StepFn, TrainState
 CHECKPOINT_LAYOUT = 3
 
 
+_NO_BEFORE = object()
+
+
 def option(default: Any, help: str, *, choices: Collection[Any] | None = None,
-           minimum: float | None = None, resumable: bool = False) -> Any:
+           minimum: float | None = None, resumable: bool = False,
+           before: Any = _NO_BEFORE) -> Any:
     """A config field with what its flag, its validation and resumption need.
 
     Args:
@@ -61,12 +65,20 @@ def option(default: Any, help: str, *, choices: Collection[Any] | None = None,
       minimum: the smallest allowed value (None values are not checked).
       resumable: a resumed run may change it (it does not change what is
         computed, or only extends it, like `num_steps`).
+      before: for an option added to a config whose runs exist: the value
+        they had before it (what the code then did), or a function of the
+        stored config (a dict) returning it. A run directory whose
+        config.json lacks the option resumes as if it held this value (so
+        with this value, and is refused with another). Without it, such a run
+        directory is refused.
 
     Returns:
       A `dataclasses.field`.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
                 "minimum": minimum, "resumable": resumable}
+    if before is not _NO_BEFORE:
+        metadata["before"] = before
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -79,7 +91,8 @@ def field_options(config_cls: type) -> dict[str, dict[str, Any]]:
     """Each field's `option` metadata, with `override`s resolved through the bases.
 
     Returns:
-      name -> {'help', 'choices', 'minimum', 'resumable', 'type', 'default'}.
+      name -> {'help', 'choices', 'minimum', 'resumable', 'type', 'default'},
+      and 'before' where the option declares it.
     """
     hints = typing.get_type_hints(config_cls)
     inherited: dict[str, Mapping[str, Any]] = {}
@@ -156,6 +169,11 @@ class RunConfig:
     def resumable_keys(cls) -> tuple[str, ...]:
         """The fields a resumed run may change."""
         return tuple(n for n, o in field_options(cls).items() if o["resumable"])
+
+    @classmethod
+    def values_before(cls) -> dict[str, Any]:
+        """The fields declared with `option(before=...)`: name -> that value."""
+        return {n: o["before"] for n, o in field_options(cls).items() if "before" in o}
 
 
 @dataclasses.dataclass
@@ -303,7 +321,8 @@ def train_and_evaluate(config: RunConfig, build: Build) -> dict[str, Any]:
                            checkpoint_layout=CHECKPOINT_LAYOUT)
         if writes:
             run_dir.write_run_config(config.workdir, config_dict, versions,
-                                     allow_changed=config.resumable_keys() + tuple(program.resolved))
+                                     allow_changed=config.resumable_keys() + tuple(program.resolved),
+                                     values_before=config.values_before())
         result, test_block = _run_loop(config, program)
         results = {
             "steps": result.step,

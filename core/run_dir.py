@@ -16,7 +16,9 @@ half-written one.
 
 When a run is resumed in an existing workdir, `write_run_config` refuses a
 configuration that differs from the stored one, except in keys the caller
-explicitly allows to change (such as the total number of steps).
+explicitly allows to change (such as the total number of steps). A key the
+stored config lacks (an option added since the run started) compares with
+the value the caller says every run had before it existed, if it says one.
 """
 
 from collections.abc import Collection, Mapping
@@ -162,7 +164,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
 def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
                      versions: Mapping[str, Any],
-                     allow_changed: Collection[str] = ()) -> None:
+                     allow_changed: Collection[str] = (),
+                     values_before: Mapping[str, Any] | None = None) -> None:
     """Writes `config.json` and `versions.json`, checking resumed runs.
 
     If `config.json` already exists (a resumed run), the new config must equal
@@ -178,6 +181,11 @@ def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
         versions: Usually `collect_versions()`.
         allow_changed: Config keys that may legitimately change on resume,
             e.g. `('num_steps',)`.
+        values_before: top-level key -> the value runs had before the key
+            existed, or a function of the stored config that returns it; a
+            stored config without the key is read as holding it (so a run
+            started before an option was added resumes if the option keeps
+            its old behaviour, and is refused if it does not).
 
     Raises:
         ConfigError: If the workdir holds a config that differs in other keys.
@@ -191,6 +199,7 @@ def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
         old_config = _read_json(config_path)
         if not isinstance(old_config, dict):
             raise DataError(f'{config_path} does not hold a JSON object.')
+        old_config = _with_values_before(old_config, values_before or {})
         differing = config_differences(old_config, new_config, allow_changed)
         if differing:
             flat_old, flat_new = _flatten(old_config), _flatten(new_config)
@@ -216,6 +225,14 @@ def write_run_config(workdir: str | os.PathLike, config: Mapping[str, Any],
                                 workdir, ', '.join(changed))
     atomic_write_text(config_path, config_text)
     atomic_write_text(versions_path, to_json(new_versions))
+
+
+def _with_values_before(stored: dict[str, Any],
+                        values_before: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored config with each key it lacks set to `values_before`'s value."""
+    missing = {key: value(stored) if callable(value) else value
+               for key, value in values_before.items() if key not in stored}
+    return {**json.loads(to_json(missing)), **stored}
 
 
 def read_run_config(workdir: str | os.PathLike) -> dict[str, Any] | None:

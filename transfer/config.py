@@ -82,17 +82,21 @@ class TransferRunConfig(supervised.SupervisedConfig):
                                     "or auto (im2col on CPU, xla elsewhere).",
                             choices=("auto",) + conv.CONV_IMPLS)
     bn_scale: bool = option(True, "--network=conv4: its batch norms have a learnable scale "
-                                  "(--nobn_scale: none, as a MAML run of the reference preset).")
+                                  "(--nobn_scale: none, as a MAML run of the reference preset).",
+                            before=True)
     bn_epsilon: float = option(1e-5, "--network=conv4: its batch norms' epsilon (1e-3: the "
-                                     "reference MAML code's).")
+                                     "reference MAML code's).", before=1e-5)
     cut_features: str = option("flatten", "--network=conv4 cut by --keep_blocks: the head reads "
                                           "the last kept map flattened, or averaged over space "
                                           "(mean; the whole Conv4 always averages, as MAML's "
-                                          "head input).", choices=conv4.CUT_FEATURES)
+                                          "head input).", choices=conv4.CUT_FEATURES,
+                               before=lambda stored: ("mean" if stored.get("network") == "conv4"
+                                                      and stored.get("keep_blocks")
+                                                      else "flatten"))
     omniglot_resize: str = option("lanczos", "Omniglot: how drawings are resized to 28x28: "
                                              "grey-level Lanczos, or nearest_binary (binary, "
                                              "as the reference MAML code).",
-                                  choices=omniglot.RESIZE_METHODS)
+                                  choices=omniglot.RESIZE_METHODS, before="lanczos")
     strategy: str = option("finetune", "scratch: fresh init; structure: the source's "
                                        "architecture, fresh init; feature_extraction: frozen "
                                        "trunk, head only; finetune: everything, per-block "

@@ -57,6 +57,24 @@ def test_allow_changed_prefix_covers_nested_keys(tmp_path):
                              allow_changed={'eval'})
 
 
+def test_a_key_added_since_the_run_started_compares_with_its_value_before(tmp_path):
+    run_dir.write_run_config(tmp_path, {'lr': 0.1, 'net': 'conv4'}, {})  # written by old code
+    before = {'resize': 'lanczos', 'pool': lambda stored: 'mean' if stored['net'] == 'conv4'
+              else 'flatten'}
+    with pytest.raises(ConfigError, match=r"resize: 'lanczos' -> 'binary'"):
+        run_dir.write_run_config(tmp_path, {'lr': 0.1, 'net': 'conv4', 'resize': 'binary',
+                                            'pool': 'mean'}, {}, values_before=before)
+    with pytest.raises(ConfigError, match=r"pool: 'mean' -> 'flatten'"):
+        run_dir.write_run_config(tmp_path, {'lr': 0.1, 'net': 'conv4', 'resize': 'lanczos',
+                                            'pool': 'flatten'}, {}, values_before=before)
+    with pytest.raises(ConfigError, match=r"resize: '<absent>' -> 'lanczos'"):
+        run_dir.write_run_config(tmp_path, {'lr': 0.1, 'net': 'conv4', 'resize': 'lanczos',
+                                            'pool': 'mean'}, {})  # no value before: refused
+    new = {'lr': 0.1, 'net': 'conv4', 'resize': 'lanczos', 'pool': 'mean'}
+    run_dir.write_run_config(tmp_path, new, {}, values_before=before)
+    assert run_dir.read_run_config(tmp_path) == new
+
+
 def test_corrupt_config_raises_data_error(tmp_path):
     (tmp_path / 'config.json').write_text('{"lr": ')
     with pytest.raises(DataError):

@@ -274,6 +274,19 @@ def test_a_source_of_another_network_or_resize_is_refused(omni, maml_run, refere
         runner.prepare(config, None)
 
 
+def test_a_conv4_cut_started_before_cut_features_resumes_only_with_the_mean(omni, maml_run,
+                                                                            tmp_path):
+    train(_target(omni, tmp_path / "run", source_workdir=maml_run, strategy="keep_blocks",
+                  keep_blocks=3, cut_features="mean"))
+    path = tmp_path / "run" / "config.json"  # as the code before the option wrote it
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items()
+                                if k != "cut_features"}))
+    more = dict(source_workdir=maml_run, strategy="keep_blocks", keep_blocks=3, num_steps=3)
+    with pytest.raises(ConfigError, match="cut_features: 'mean' -> 'flatten'"):
+        train(_target(omni, tmp_path / "run", **more))
+    assert train(_target(omni, tmp_path / "run", cut_features="mean", **more))["steps"] == 3
+
+
 def test_a_maml_source_with_another_split_is_refused(omni, maml_run, tmp_path):
     with pytest.raises(ConfigError, match="omniglot_split=6,3"):
         runner.prepare(_target(omni, tmp_path / "run", source_workdir=maml_run,

@@ -141,12 +141,18 @@ def test_feature_extraction_trains_on_features_equal_to_recomputed_ones(target_r
     assert runner.build(config, mesh).batch_fn(0)["x"].shape == (8, 8)
 
 
+def _interrupted_target(tmp_path, mnist_dir, source, strategy):
+    """The config of a target run checkpointed every 2 steps and interrupted at step 3."""
+    config = _target(tmp_path / "run", mnist_dir, source, strategy, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        _train(config, interrupted_at(3))
+    return config
+
+
 def test_lp_ft_interrupted_before_its_switch_resumes_bit_identically(
         target_runs, tmp_path, mnist_dir, source):
     full_dir, full = target_runs("lp_ft")
-    config = _target(tmp_path / "run", mnist_dir, source, "lp_ft", checkpoint_every=2)
-    with pytest.raises(Interrupted):
-        _train(config, interrupted_at(3))
+    config = _interrupted_target(tmp_path, mnist_dir, source, "lp_ft")
     probed = experiment.load_train_state(config.workdir, "latest")
     assert probed["step"] == 2
     source_params = experiment.load_params(source, "best")
@@ -232,3 +238,16 @@ def test_the_entry_point_exits_2_with_one_line_without_a_source(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--strategy=lp_ft needs a source" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_run_started_before_the_conv4_options_resumes_bit_identically(
+        target_runs, tmp_path, mnist_dir, source):
+    _, full = target_runs("keep_blocks")
+    config = _interrupted_target(tmp_path, mnist_dir, source, "keep_blocks")
+    # config.json as the code before the options wrote it.
+    path = tmp_path / "run" / "config.json"
+    stored = json.loads(path.read_text())
+    for name in ("bn_scale", "bn_epsilon", "cut_features", "omniglot_resize"):
+        del stored[name]
+    path.write_text(json.dumps(stored))
+    assert _train(config)["test"] == full["test"]
