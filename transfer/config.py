@@ -172,6 +172,7 @@ class TransferRunConfig(supervised.SupervisedConfig):
         self._check_domain_adaptation()
         self._check_augment()
         self._check_omniglot()
+        self._check_conv4()
 
     @property
     def is_omniglot(self) -> bool:
@@ -192,10 +193,17 @@ class TransferRunConfig(supervised.SupervisedConfig):
             test_per_class=self.test_per_class, num_classes=self.num_classes_target,
             maml_split=tuple(self.omniglot_split), resize=self.omniglot_resize)
 
-    def source_network(self) -> dict[str, object]:
-        """What `transfer.omniglot_data.check_source_network` compares with the source's."""
-        return {"bn_scale": self.bn_scale, "bn_epsilon": self.bn_epsilon,
-                "omniglot_resize": self.omniglot_resize}
+    def check_source_network(self) -> None:
+        """Refuses a Conv4 source whose batch norm or image resize is not this run's.
+
+        See `transfer.omniglot_data.check_source_network`; a source that records
+        none of the three ran with the options' `before` values.
+        """
+        names = ("bn_scale", "bn_epsilon", "omniglot_resize")
+        before = type(self).values_before()
+        omniglot_data.check_source_network(self.source_workdir,
+                                           {name: getattr(self, name) for name in names},
+                                           {name: before[name] for name in names})
 
     def _check_omniglot(self) -> None:
         """The Omniglot flags only with an Omniglot dataset, the IDX ones only without."""
@@ -203,15 +211,6 @@ class TransferRunConfig(supervised.SupervisedConfig):
         changed = lambda name: getattr(self, name) != defaults[name]["default"]
         omniglot_only = ("cache_dir", "val_per_class", "test_per_class", "num_classes_target",
                          "omniglot_split", "omniglot_resize")
-        if self.network != "conv4":
-            for name in ("bn_scale", "bn_epsilon"):
-                if changed(name):
-                    raise ConfigError(f"--{name} is the batch norm of --network=conv4; "
-                                      f"--network={self.network} has none")
-        if changed("cut_features") and not (self.network == "conv4" and self.keep_blocks):
-            raise ConfigError("--cut_features applies to --network=conv4 cut by --keep_blocks")
-        if self.bn_epsilon <= 0:
-            raise ConfigError(f"--bn_epsilon must be > 0, got {self.bn_epsilon}")
         if not self.is_omniglot:
             for name in omniglot_only:
                 if changed(name):
@@ -227,6 +226,20 @@ class TransferRunConfig(supervised.SupervisedConfig):
         if self.strategy in ("distill",) + DOMAIN_ADAPTATION:
             raise ConfigError(f"--strategy={self.strategy} reads MNIST-family data; "
                               f"--dataset={self.dataset} serves the fine-tuning strategies")
+
+    def _check_conv4(self) -> None:
+        """The Conv4's options only with --network=conv4, --cut_features only with a cut."""
+        defaults = experiment.field_options(type(self))
+        changed = lambda name: getattr(self, name) != defaults[name]["default"]
+        if self.network != "conv4":
+            for name in ("bn_scale", "bn_epsilon"):
+                if changed(name):
+                    raise ConfigError(f"--{name} is the batch norm of --network=conv4; "
+                                      f"--network={self.network} has none")
+        if changed("cut_features") and not (self.network == "conv4" and self.keep_blocks):
+            raise ConfigError("--cut_features applies to --network=conv4 cut by --keep_blocks")
+        if self.bn_epsilon <= 0:
+            raise ConfigError(f"--bn_epsilon must be > 0, got {self.bn_epsilon}")
 
     def _check_source(self) -> None:
         """Exactly one source for the strategies that read one, none for the fresh ones."""

@@ -237,11 +237,8 @@ def check_source_split(source_workdir: str, maml_split: tuple[int, int]) -> None
                           f"unseen; pass the source's --omniglot_split")
 
 
-# What a run recorded none of used these (the library's choices before they were switches).
-_NETWORK_DEFAULTS = {"bn_scale": True, "bn_epsilon": 1e-5, "omniglot_resize": "lanczos"}
-
-
-def check_source_network(source_workdir: str, settings: dict[str, object]) -> None:
+def check_source_network(source_workdir: str, settings: dict[str, object],
+                         recorded_by_none: dict[str, object]) -> None:
     """Refuses a source run whose Conv4 batch norm or image resize is not this run's.
 
     The weights of a Conv4 source are only the source's network on the
@@ -250,12 +247,13 @@ def check_source_network(source_workdir: str, settings: dict[str, object]) -> No
     MAML Omniglot run (its resolved switches are in config.json's `fidelity`)
     or a transfer run on an Omniglot dataset (top-level keys of the same
     names); a source that records none of them (an .npz, another dataset, a
-    run older than the switches) used `_NETWORK_DEFAULTS`. Only the three
-    keys of `_NETWORK_DEFAULTS` are compared.
+    run older than the switches) used `recorded_by_none`.
 
     Args:
       source_workdir: the source run's directory.
-      settings: this run's value of each key of `_NETWORK_DEFAULTS`.
+      settings: this run's value of each compared key ('bn_scale',
+        'bn_epsilon', 'omniglot_resize').
+      recorded_by_none: each key's value in a run that does not record it.
 
     Raises:
       ConfigError: naming each differing setting and the flags that match the source.
@@ -264,10 +262,9 @@ def check_source_network(source_workdir: str, settings: dict[str, object]) -> No
     if stored.get("dataset") not in ("omniglot",) + DATASETS:
         return
     recorded = stored.get("fidelity") or stored
-    theirs = {key: recorded.get(key) for key in _NETWORK_DEFAULTS}
-    theirs = {key: _NETWORK_DEFAULTS[key] if value is None else value
-              for key, value in theirs.items()}
-    differing = [key for key in _NETWORK_DEFAULTS if theirs[key] != settings[key]]
+    theirs = {key: recorded_by_none[key] if recorded.get(key) is None else recorded[key]
+              for key in settings}
+    differing = [key for key in settings if theirs[key] != settings[key]]
     if differing:
         flags = " ".join(_flag(key, theirs[key]) for key in differing)
         mine = " ".join(_flag(key, settings[key]) for key in differing)

@@ -142,7 +142,7 @@ def prepare(config: TransferRunConfig, mesh) -> Target:
     if config.dataset in omniglot_data.MAML_DATASETS and config.source_workdir:
         omniglot_data.check_source_split(config.source_workdir, tuple(config.omniglot_split))
     if config.is_omniglot and config.network == "conv4" and config.source_workdir:
-        omniglot_data.check_source_network(config.source_workdir, config.source_network())
+        config.check_source_network()
     target = data_lib.load_target(config.dataset, config.data_dir, config.classes,
                                   config.train_per_class, config.val_size, config.data_seed,
                                   omniglot=config.omniglot_options())
