@@ -31,7 +31,9 @@ for the run's dataset is refused when given explicitly (`APPLIES`: e.g.
 `--inner_loss_reduction=sum_div_shots` for regression: the reference code's
 sinusoid loss is the mean MSE, as ours); a preset leaves it out (None in the
 record). What the switches resolve to is recorded in config.json and
-results.json (`fidelity`), and a resumed run must match it.
+results.json (`fidelity`), and a resumed run must match it; a run directory
+written before the switches existed resumes as the 'ours' preset (what that
+code did, `before_the_switches`) and is refused under another.
 
 The inner-loop filter (`inner_adapt`, `inner_adapt_exclude`) is a
 `core.param_paths.PathFilter` over '/'-joined parameter paths: a parameter is
@@ -50,6 +52,7 @@ the reference's MLP uses a truncated normal (std 0.01) for every layer.
 """
 
 import dataclasses
+import types
 from typing import Any
 
 from core.errors import ConfigError
@@ -162,3 +165,14 @@ def resolve(config: Any) -> Fidelity:
                           "adapt nothing; '*' adapts every parameter")
     PathFilter(values["inner_adapt"], values["inner_adapt_exclude"])  # malformed patterns
     return Fidelity(preset=config.fidelity_preset, **values)
+
+
+def before_the_switches(dataset: str) -> Fidelity:
+    """What a run started before the switches existed did: the 'ours' preset.
+
+    (A run directory of that code has none of them in its config.json; see
+    `meta.runner.MamlRunConfig.values_before`.)
+    """
+    unset = types.SimpleNamespace(dataset=dataset, fidelity_preset="ours",
+                                  **dict.fromkeys(SWITCHES))
+    return resolve(unset)

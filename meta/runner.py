@@ -96,43 +96,44 @@ class MamlRunConfig(experiment.RunConfig):
                            resumable=True)
     # The reference code's hidden details (meta/fidelity.py): a preset, and one switch per
     # detail; a switch left unset (None) takes the preset's value, one given explicitly wins.
+    # A run started before they existed did what the 'ours' preset does (before=).
     fidelity_preset: str = option(
         "ours", "Sets every fidelity switch left unset: 'ours' (this library's choices) or "
         "'reference' (those of the reference code, cbfinn/maml). An explicit switch wins.",
-        choices=fidelity_lib.PRESETS)
+        choices=fidelity_lib.PRESETS, before="ours")
     inner_loss_reduction: str | None = option(
         None, "Inner-loop classification loss: mean cross-entropy over the support set "
         "(ours), or sum_div_shots, the reference's cross-entropy / K summed over the N*K "
         "support examples (N times the mean's step at the same alpha; also at test). "
         "Regression (sinusoid) takes mean only. Default: from --fidelity_preset.",
-        choices=fidelity_lib.INNER_LOSS_REDUCTIONS)
+        choices=fidelity_lib.INNER_LOSS_REDUCTIONS, before=None)
     bn_scale: bool | None = option(
         None, "Batch norm has a learnable scale (ours; reference: no scale). Default: from "
-        "--fidelity_preset.")
+        "--fidelity_preset.", before=None)
     bn_epsilon: float | None = option(
         None, "Batch-norm epsilon (ours 1e-5, reference 1e-3). Default: from "
-        "--fidelity_preset.")
+        "--fidelity_preset.", before=None)
     inner_adapt: tuple[str, ...] | None = option(
         None, "Glob (or regex) patterns of the '/'-joined parameter paths the inner loop "
         "adapts, e.g. head for ANIL; '*': all. Parameters not adapted are trained by the "
-        "outer optimizer only. Default: from --fidelity_preset ('*').")
+        "outer optimizer only. Default: from --fidelity_preset ('*').", before=None)
     inner_adapt_exclude: tuple[str, ...] | None = option(
         None, "Patterns of parameter paths the inner loop does not adapt (reference: */bn*, "
         "batch norm; ours: none; give it empty to exclude nothing). Default: from "
-        "--fidelity_preset.")
+        "--fidelity_preset.", before=None)
     omniglot_resize: str | None = option(
         None, "Omniglot resize to 28x28: lanczos, grey levels (ours), or nearest_binary, "
         "binary images as the reference's Pillow resize of 1-bit drawings. Default: from "
-        "--fidelity_preset.", choices=RESIZE_METHODS)
+        "--fidelity_preset.", choices=RESIZE_METHODS, before=None)
     rotation_sampling: str | None = option(
         None, "Omniglot rotations: as_classes, every (character, rotation) an independent "
         "class (ours), or per_episode, distinct characters per episode, each with a random "
         "rotation (reference). Default: from --fidelity_preset.",
-        choices=fidelity_lib.ROTATION_SAMPLINGS)
+        choices=fidelity_lib.ROTATION_SAMPLINGS, before=None)
     head_init: str | None = option(
         None, "Output layer kernel init: lecun_normal (ours), normal N(0, 1) (reference, "
         "Omniglot) or glorot_uniform (reference, mini-ImageNet). Default: from "
-        "--fidelity_preset.", choices=networks.HEAD_INITS)
+        "--fidelity_preset.", choices=networks.HEAD_INITS, before=None)
 
     def validate(self) -> None:
         super().validate()
@@ -153,9 +154,12 @@ class MamlRunConfig(experiment.RunConfig):
     def derived(self) -> dict[str, Any]:
         """What the fidelity switches resolve to: config.json's `fidelity` (the preset's
         name is the field `fidelity_preset`)."""
-        resolved = self.fidelity.record()
-        del resolved["preset"]
-        return {"fidelity": resolved}
+        return {"fidelity": _switch_record(self.fidelity)}
+
+    @classmethod
+    def values_before(cls) -> dict[str, Any]:
+        """The options' values before they existed, and `fidelity` (`derived`) of such a run."""
+        return dict(super().values_before(), fidelity=_fidelity_before_the_switches)
 
     @property
     def fidelity(self) -> fidelity_lib.Fidelity:
@@ -185,6 +189,18 @@ class MamlRunConfig(experiment.RunConfig):
         default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                                "metatransfer")
         return self.cache_dir or default
+
+
+def _switch_record(fidelity: fidelity_lib.Fidelity) -> dict[str, Any]:
+    """config.json's `fidelity`: the resolved switches (the preset is `fidelity_preset`)."""
+    record = fidelity.record()
+    del record["preset"]
+    return record
+
+
+def _fidelity_before_the_switches(stored: dict[str, Any]) -> dict[str, Any]:
+    """config.json's `fidelity` of a run started before the switches existed."""
+    return _switch_record(fidelity_lib.before_the_switches(stored.get("dataset", "sinusoid")))
 
 
 def build_model(config: MamlRunConfig, conv_impl: str):

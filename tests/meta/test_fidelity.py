@@ -349,6 +349,28 @@ def test_a_reference_run_records_its_details_and_refuses_a_changed_preset_on_res
             dataclasses.replace(config, inner_loss_reduction="mean"), runner.build)
 
 
+def test_a_run_started_before_the_switches_resumes_as_ours_and_only_as_ours(fake_omniglot):
+    full = experiment.train_and_evaluate(_omniglot_config(fake_omniglot, "full"), runner.build)
+    interrupted = _omniglot_config(fake_omniglot, "before", num_steps=2)
+    experiment.train_and_evaluate(interrupted, runner.build)
+    path = fake_omniglot / "before" / "config.json"  # as the code before the switches wrote it
+    stored = json.loads(path.read_text())
+    for name in ("fidelity_preset", "fidelity", *fidelity_lib.SWITCHES):
+        del stored[name]
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="fidelity_preset: 'ours' -> 'reference'"):
+        experiment.train_and_evaluate(
+            dataclasses.replace(interrupted, num_steps=4, fidelity_preset="reference"),
+            runner.build)
+    with pytest.raises(ConfigError, match="head_init: None -> 'normal'"):
+        experiment.train_and_evaluate(
+            dataclasses.replace(interrupted, num_steps=4, head_init="normal"), runner.build)
+    resumed = experiment.train_and_evaluate(dataclasses.replace(interrupted, num_steps=4),
+                                            runner.build)
+    assert resumed["test"] == full["test"]
+    assert resumed["fidelity"] == OURS_OMNIGLOT
+
+
 def test_the_cli_refuses_a_changed_preset_on_resume_with_one_line(tmp_path):
     common = ["--noprogress", f"--workdir={tmp_path / 'run'}", "--shots=2", "--query=2",
               "--meta_batch_size=2", "--num_steps=2", "--eval_every=0", "--checkpoint_every=2",
