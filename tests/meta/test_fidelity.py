@@ -26,6 +26,7 @@ from core.datasets.omniglot import load_omniglot
 from core.errors import ConfigError
 from core.losses import classification_loss, split_variables
 from core.param_paths import PathFilter, flatten
+from meta import episodes as episodes_lib
 from meta import evaluation
 from meta import fidelity as fidelity_lib
 from meta import maml
@@ -304,7 +305,7 @@ def _characters_per_episode(config, root, episodes=200):
             character_of.setdefault(drawing.tobytes(), set()).add(cls // 4)
     assert all(len(c) == 1 for c in character_of.values())
     mesh = mesh_lib.make_mesh(jax.devices()[:1])
-    sample = runner.image_episodes(config, mesh).train
+    sample = episodes_lib.image_episodes(config, mesh).train
     found = []
     for index in range(episodes // config.meta_batch_size):
         support = np.asarray(sample(index).support_x)
