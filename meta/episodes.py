@@ -17,7 +17,9 @@ import numpy as np
 
 from core import mesh as mesh_lib
 from core.datasets import sinusoid
-from core.datasets.omniglot import ROTATIONS
+from core.datasets.episodes import EpisodeSampler, EpisodeSpec
+from core.datasets.miniimagenet import load_miniimagenet
+from core.datasets.omniglot import ROTATIONS, load_omniglot
 
 if TYPE_CHECKING:
     from meta.runner import MamlRunConfig
@@ -77,18 +79,15 @@ def sinusoid_episodes(config: "MamlRunConfig", mesh) -> Episodes:
 
 def image_episodes(config: "MamlRunConfig", mesh) -> Episodes:
     """N-way K-shot episodes of Omniglot or mini-ImageNet, placed on the mesh."""
-    from core.datasets.episodes import EpisodeSampler, EpisodeSpec
     fidelity = config.fidelity
     group_size = 1
     if config.dataset == "omniglot":
-        from core.datasets.omniglot import load_omniglot
         splits = load_omniglot(config.data_dir, config.resolved_cache_dir,
                                split_sizes=tuple(config.omniglot_split),
                                resize=fidelity.omniglot_resize)
         # Classes 4k..4k+3 are character k's rotations (load_omniglot).
         group_size = len(ROTATIONS) if fidelity.rotation_sampling == "per_episode" else 1
     else:
-        from core.datasets.miniimagenet import load_miniimagenet
         splits = load_miniimagenet(config.data_dir, config.resolved_cache_dir)
     seeds = {"train": config.seed, "val": _VAL_SEED_OFFSET + config.eval_seed,
              "test": _TEST_SEED_OFFSET + config.eval_seed}
