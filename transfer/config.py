@@ -205,22 +205,24 @@ class TransferRunConfig(supervised.SupervisedConfig):
                                            {name: getattr(self, name) for name in names},
                                            {name: before[name] for name in names})
 
+    def _changed(self, name: str) -> bool:
+        """The field differs from its declared default (the flag was given another value)."""
+        return getattr(self, name) != experiment.field_options(type(self))[name]["default"]
+
     def _check_omniglot(self) -> None:
         """The Omniglot flags only with an Omniglot dataset, the IDX ones only without."""
-        defaults = experiment.field_options(type(self))
-        changed = lambda name: getattr(self, name) != defaults[name]["default"]
         omniglot_only = ("cache_dir", "val_per_class", "test_per_class", "num_classes_target",
                          "omniglot_split", "omniglot_resize")
         if not self.is_omniglot:
             for name in omniglot_only:
-                if changed(name):
+                if self._changed(name):
                     raise ConfigError(f"--{name} applies to the Omniglot datasets "
                                       f"({', '.join(omniglot_data.DATASETS)}), not "
                                       f"--dataset={self.dataset}")
             return
         for name, instead in (("val_size", "--val_per_class"),
                               ("classes", "--num_classes_target")):
-            if changed(name):
+            if self._changed(name):
                 raise ConfigError(f"--dataset={self.dataset} splits each character's drawings: "
                                   f"use {instead} instead of --{name}")
         if self.strategy in ("distill",) + DOMAIN_ADAPTATION:
@@ -229,14 +231,12 @@ class TransferRunConfig(supervised.SupervisedConfig):
 
     def _check_conv4(self) -> None:
         """The Conv4's options only with --network=conv4, --cut_features only with a cut."""
-        defaults = experiment.field_options(type(self))
-        changed = lambda name: getattr(self, name) != defaults[name]["default"]
         if self.network != "conv4":
             for name in ("bn_scale", "bn_epsilon"):
-                if changed(name):
+                if self._changed(name):
                     raise ConfigError(f"--{name} is the batch norm of --network=conv4; "
                                       f"--network={self.network} has none")
-        if changed("cut_features") and not (self.network == "conv4" and self.keep_blocks):
+        if self._changed("cut_features") and not (self.network == "conv4" and self.keep_blocks):
             raise ConfigError("--cut_features applies to --network=conv4 cut by --keep_blocks")
         if self.bn_epsilon <= 0:
             raise ConfigError(f"--bn_epsilon must be > 0, got {self.bn_epsilon}")
@@ -334,9 +334,8 @@ class TransferRunConfig(supervised.SupervisedConfig):
 
     def _only_with(self, names: tuple[str, ...], strategies: tuple[str, ...]) -> None:
         """Refuses a non-default value of `names` under a strategy that does not read it."""
-        defaults = experiment.field_options(type(self))
         for name in names:
-            if getattr(self, name) != defaults[name]["default"] and self.strategy not in strategies:
+            if self._changed(name) and self.strategy not in strategies:
                 raise ConfigError(f"--{name} applies to --strategy={'/'.join(strategies)}, "
                                   f"not {self.strategy}")
 
